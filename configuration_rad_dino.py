@@ -1,0 +1,83 @@
+"""RAD-DINO configuration.
+
+`RadDinoConfig` is a `Dinov2Config` whose defaults equal the released `microsoft/rad-dino` (ViT-B/14 at 518 px),
+plus the fields the DINOv2 pretraining recipe needs for its projection heads.
+
+On disk it is written in the release's own format (`model_type: dinov2`, `architectures: [Dinov2Model]`), so that
+plain `transformers.AutoModel.from_pretrained(dir)` without remote code still loads a `Dinov2Model`, while
+`trust_remote_code=True` follows the `auto_map` to this file. The Hub copies this file alone for remote code: it
+may import transformers and nothing from this repository.
+"""
+
+from huggingface_hub.dataclasses import strict
+from transformers import Dinov2Config
+
+# Names written to disk in place of ours, so the saved directory reads as a stock DINOv2 checkpoint.
+RELEASE_MODEL_TYPE = "dinov2"
+RELEASE_ARCHITECTURES = {"RadDinoModel": "Dinov2Model"}
+
+
+@strict
+class RadDinoConfig(Dinov2Config):
+    r"""
+    Configuration of a RAD-DINO encoder. Backbone fields are `Dinov2Config`'s; the defaults are those of
+    `microsoft/rad-dino`: image 518, patch 14, hidden 768, 12 layers, 12 heads, MLP ratio 4, qkv bias, LayerScale
+    1.0, GELU, layer-norm eps 1e-6, no registers, no SwiGLU.
+
+    dino_head_hidden_size (`int`, defaults to 2048):
+        Hidden width of the DINO projection head MLP (pretraining only).
+    dino_head_bottleneck_size (`int`, defaults to 256):
+        Output width of the head MLP, before the weight-normalised prototype layer.
+    dino_head_n_prototypes (`int`, defaults to 65536):
+        Number of prototypes (output logits) of the DINO head.
+    dino_head_n_layers (`int`, defaults to 3):
+        Number of linear layers in the head MLP.
+    ibot_separate_head (`bool`, defaults to `False`):
+        Whether iBOT uses its own head (DINOv2 ViT-B shares the DINO head).
+    ibot_head_n_prototypes (`int`, defaults to 65536):
+        Number of prototypes of the iBOT head when it is separate.
+
+    Example:
+
+    ```python
+    >>> from configuration_rad_dino import RadDinoConfig
+    >>> from modeling_rad_dino import RadDinoModel
+    >>> model = RadDinoModel(RadDinoConfig())  # random full-size RAD-DINO
+    ```
+    """
+
+    model_type = "rad_dino"
+
+    image_size: int | list[int] | tuple[int, int] = 518
+    dino_head_hidden_size: int = 2048
+    dino_head_bottleneck_size: int = 256
+    dino_head_n_prototypes: int = 65536
+    dino_head_n_layers: int = 3
+    ibot_separate_head: bool = False
+    ibot_head_n_prototypes: int = 65536
+
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs) -> tuple[dict, dict]:
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        return cls._from_release_names(config_dict), kwargs
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        return super().from_dict(cls._from_release_names(config_dict), **kwargs)
+
+    @classmethod
+    def _from_release_names(cls, config_dict: dict) -> dict:
+        """A release-format dict says `dinov2`; read it as ours (else the instance would carry `dinov2`)."""
+        if config_dict.get("model_type") == RELEASE_MODEL_TYPE:
+            config_dict = {**config_dict, "model_type": cls.model_type}
+        return config_dict
+
+    def to_dict(self) -> dict:
+        output = super().to_dict()
+        output["model_type"] = RELEASE_MODEL_TYPE
+        if output.get("architectures"):
+            output["architectures"] = [RELEASE_ARCHITECTURES.get(name, name) for name in output["architectures"]]
+        return output
+
+
+__all__ = ["RadDinoConfig"]
