@@ -1,0 +1,82 @@
+"""Frozen-encoder feature extraction: image files in, CLS embeddings and patch-token maps out."""
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from configuration_rad_dino import RadDinoConfig
+from image_processing_rad_dino import RadDinoImageProcessor, read_image
+from modeling_rad_dino import RadDinoModel
+
+logger = logging.getLogger(__name__)
+
+RELEASED_MODEL_ID = "microsoft/rad-dino"
+RANDOM_INIT = "random"
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom"}
+
+
+def load_encoder(
+    name_or_path: str, random_fallback: bool = False
+) -> tuple[RadDinoModel, RadDinoImageProcessor, str]:
+    """Load an encoder and its processor from a Hub id or directory, or build a random full-size one.
+
+    `name_or_path="random"` builds a randomly initialised RAD-DINO. With `random_fallback`, a Hub id that cannot be
+    loaded (offline, no cache) falls back to random weights with a warning instead of failing; the returned name
+    says which happened.
+    """
+    if name_or_path == RANDOM_INIT:
+        torch.manual_seed(0)
+        return RadDinoModel(RadDinoConfig()).eval(), RadDinoImageProcessor(), RANDOM_INIT
+    try:
+        model = RadDinoModel.from_pretrained(name_or_path).eval()
+        processor = RadDinoImageProcessor.from_pretrained(name_or_path)
+        return model, processor, name_or_path
+    except OSError as error:
+        if not random_fallback:
+            raise
+        logger.warning(
+            "Could not load %s (%s). Using a RANDOMLY INITIALISED RAD-DINO instead: the pipeline runs, but the "
+            "features mean nothing. Connect to the Hub once or pass --model DIR to use real weights.",
+            name_or_path,
+            str(error).splitlines()[0],
+        )
+        return load_encoder(RANDOM_INIT)
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image and DICOM files under `folder`, sorted, recursively."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"Image folder not found: {folder}")
+    files = sorted(path for path in folder.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"No images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {folder}")
+    return files
+
+
+@torch.inference_mode()
+def extract_features(
+    model: RadDinoModel,
+    processor: RadDinoImageProcessor,
+    files: Sequence[Path],
+    batch_size: int = 4,
+    progress: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Encode `files` with `model`.
+
+    Returns `cls` `(N, D)` and `patch` `(N, D, H/p, W/p)` float32 tensors, in the order of `files`.
+    """
+    cls_batches, patch_batches = [], []
+    with tqdm(total=len(files), desc="Encoding", unit="img", disable=not progress) as bar:
+        for start in range(0, len(files), batch_size):
+            batch_files = files[start : start + batch_size]
+            images = [read_image(path) for path in batch_files]
+            pixels = processor(images, return_tensors="pt")["pixel_values"]
+            output = model(pixels)
+            cls_batches.append(output.cls_embeddings.float())
+            patch_batches.append(output.patch_embeddings.float())
+            bar.update(len(batch_files))
+    return {"cls": torch.cat(cls_batches), "patch": torch.cat(patch_batches)}

@@ -1,0 +1,51 @@
+"""Pictures of what the encoder sees."""
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on servers
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+
+def patch_pca_rgb(patch_maps: torch.Tensor, n_components: int = 3) -> np.ndarray:
+    """First principal components of patch tokens, fitted jointly over all images, as RGB.
+
+    `patch_maps` `(N, D, h, w)` -> `(N, h, w, 3)` float in [0, 1]; each component is min-max scaled over all images
+    so colours are comparable between images (as in the DINOv2 and RAD-DINO figures).
+    """
+    count, dim, height, width = patch_maps.shape
+    tokens = patch_maps.permute(0, 2, 3, 1).reshape(-1, dim).double()
+    centered = tokens - tokens.mean(dim=0)
+    # Right singular vectors are the principal axes; q > n_components for accuracy of the leading ones.
+    _, _, axes = torch.pca_lowrank(centered, q=min(n_components + 4, dim), center=False, niter=6)
+    projected = centered @ axes[:, :n_components]
+    low, high = projected.min(dim=0).values, projected.max(dim=0).values
+    scaled = (projected - low) / (high - low).clamp_min(1e-12)
+    return scaled.reshape(count, height, width, n_components).float().numpy()
+
+
+def save_pca_figure(
+    images: Sequence[np.ndarray], pca_rgb: np.ndarray, titles: Sequence[str], path: str | Path, columns: int = 4
+) -> Path:
+    """Grid of (radiograph, patch-PCA) pairs. `images`: 2-D or HxWx3 arrays; `pca_rgb`: `(N, h, w, 3)`."""
+    count = len(images)
+    rows = -(-count // columns)
+    figure, axes = plt.subplots(rows, 2 * columns, figsize=(4 * columns, 2.1 * rows), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for index, (image, rgb, title) in enumerate(zip(images, pca_rgb, titles)):
+        row, column = divmod(index, columns)
+        axes[row, 2 * column].imshow(image, cmap="gray")
+        axes[row, 2 * column].set_title(title, fontsize=7)
+        axes[row, 2 * column + 1].imshow(rgb, interpolation="nearest")
+        axes[row, 2 * column + 1].set_title("patch PCA", fontsize=7)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

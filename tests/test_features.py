@@ -1,0 +1,72 @@
+"""Feature extraction command and the patch-PCA picture, on the embedded sample with a tiny encoder."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from sklearn.decomposition import PCA
+
+import train_downstream
+from image_processing_rad_dino import RadDinoImageProcessor
+from rad_dino.features import extract_features, list_images
+from rad_dino.plots import patch_pca_rgb
+
+SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample" / "images"
+
+
+@pytest.fixture
+def tiny_processor():
+    return RadDinoImageProcessor(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56})
+
+
+def test_extract_features_shapes_and_order(tiny_model, tiny_processor):
+    files = list_images(SAMPLE)[:5]
+    features = extract_features(tiny_model, tiny_processor, files, batch_size=2, progress=False)
+    assert features["cls"].shape == (5, 64)
+    assert features["patch"].shape == (5, 64, 4, 4)
+    single = extract_features(tiny_model, tiny_processor, files[3:4], progress=False)
+    assert torch.allclose(single["cls"][0], features["cls"][3], atol=1e-5)
+
+
+def test_patch_pca_matches_sklearn_up_to_sign():
+    generator = torch.Generator().manual_seed(0)
+    # Anisotropic data so the leading components are well separated.
+    patch_maps = torch.randn(3, 16, 5, 5, generator=generator) * torch.linspace(4, 0.1, 16).view(1, 16, 1, 1)
+    rgb = patch_pca_rgb(patch_maps)
+    assert rgb.shape == (3, 5, 5, 3) and rgb.min() >= 0 and rgb.max() <= 1
+    tokens = patch_maps.permute(0, 2, 3, 1).reshape(-1, 16).numpy()
+    reference = PCA(n_components=3).fit_transform(tokens)
+    ours = rgb.reshape(-1, 3)
+    for component in range(3):
+        correlation = np.corrcoef(ours[:, component], reference[:, component])[0, 1]
+        assert abs(correlation) > 0.9999, (component, correlation)
+
+
+def test_features_command_writes_outputs(tiny_model, tiny_processor, tmp_path):
+    model_dir = tmp_path / "model"
+    tiny_model.save_pretrained(model_dir)
+    tiny_processor.save_pretrained(model_dir)
+    images = tmp_path / "images"
+    images.mkdir()
+    for path in list_images(SAMPLE)[:3]:
+        (images / path.name).write_bytes(path.read_bytes())
+    (images / "notes.txt").write_text("ignored: not an image suffix")
+    output = tmp_path / "out"
+    train_downstream.main(["features", "--images", str(images), "--model", str(model_dir), "--output", str(output)])
+    saved = load_file(output / "features.safetensors")
+    assert saved["cls"].shape == (3, 64) and saved["patch"].shape == (3, 64, 4, 4)
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["images"] == 3 and summary["model"] == str(model_dir)
+    assert (output / "patch_pca.png").stat().st_size > 1000
+
+
+def test_missing_folder_and_unknown_model_are_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        list_images(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match="No images"):
+        list_images(tmp_path)
+    with pytest.raises(OSError):
+        train_downstream.main(["features", "--images", str(SAMPLE), "--model", str(tmp_path / "no-model")])
