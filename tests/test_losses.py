@@ -1,0 +1,210 @@
+"""Losses pinned to hand computations (math module loops), scipy and a textbook numpy Sinkhorn."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.distance import cdist
+
+from rad_dino.losses import (
+    DEFAULT_KOLEO_WEIGHT,
+    DINOLoss,
+    KoLeoLoss,
+    dino_crossview_loss,
+    dino_loss_num_terms,
+    iBOTPatchLoss,
+    masks_weight_from_masks,
+)
+
+STUDENT_T = [[0.2, -0.1, 0.05], [-0.3, 0.4, 0.0]]  # (2, 3) student logits
+TEACHER_P = [[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]]  # (2, 3) teacher probabilities
+
+
+def ce_row(student_row, teacher_row, temp=0.1):
+    """-sum_k t_k * log softmax(s / temp)_k with plain math."""
+    scaled = [v / temp for v in student_row]
+    lse = math.log(sum(math.exp(v) for v in scaled))
+    return -sum(t * (v - lse) for t, v in zip(teacher_row, scaled))
+
+
+def ce_mean(student, teacher, temp=0.1):
+    return sum(ce_row(s, t, temp) for s, t in zip(student, teacher)) / len(student)
+
+
+def textbook_sinkhorn(logits, temp, n_iter):
+    """Scaling-vector form: P = diag(u) K diag(v), u = r / (K v), v = c / (K^T u); r = 1/K, c = 1/B."""
+    kernel = np.exp(np.asarray(logits, dtype=np.float64) / temp).T  # (K, B)
+    n_proto, n_samples = kernel.shape
+    v = np.ones(n_samples)
+    for _ in range(n_iter):
+        u = (1.0 / n_proto) / (kernel @ v)
+        v = (1.0 / n_samples) / (kernel.T @ u)
+    plan = u[:, None] * kernel * v[None, :]
+    return (plan * n_samples).T  # (B, K), rescaled so each sample sums to 1
+
+
+# ----------------------------------------------------------------------------- DINO
+
+
+def test_dino_loss_matches_hand_cross_entropy():
+    loss = DINOLoss(out_dim=3)
+    s, t = torch.tensor(STUDENT_T), torch.tensor(TEACHER_P)
+    assert loss([s], [t]).item() == pytest.approx(ce_mean(STUDENT_T, TEACHER_P), rel=1e-6)
+    # all pairs are summed: 2 students x 2 teachers
+    s2 = [[0.0, 0.1, -0.2], [0.3, -0.3, 0.1]]
+    t2 = [[0.25, 0.25, 0.5], [0.6, 0.2, 0.2]]
+    expected = sum(ce_mean(a, b) for a in (STUDENT_T, s2) for b in (TEACHER_P, t2))
+    got = loss([s, torch.tensor(s2)], [t, torch.tensor(t2)]).item()
+    assert got == pytest.approx(expected, rel=1e-6)
+
+
+def test_dino_crossview_excludes_same_crop_and_averages():
+    gen = torch.Generator().manual_seed(0)
+    n_global, n_local, b, k = 2, 3, 2, 3
+    sg = [torch.randn(b, k, generator=gen) * 0.3 for _ in range(n_global)]
+    sl = [torch.randn(b, k, generator=gen) * 0.3 for _ in range(n_local)]
+    tg = [torch.softmax(torch.randn(b, k, generator=gen), -1) for _ in range(n_global)]
+    pairs = [(s, tg[j]) for i, s in enumerate(sg) for j in range(n_global) if j != i]
+    pairs += [(s, t) for s in sl for t in tg]
+    assert len(pairs) == dino_loss_num_terms(n_global, n_local) == 8
+    expected = sum(ce_mean(s.tolist(), t.tolist()) for s, t in pairs) / len(pairs)
+    got = dino_crossview_loss(DINOLoss(k), sg, sl, tg).item()
+    assert got == pytest.approx(expected, rel=1e-5)
+    assert dino_loss_num_terms(2, 8) == 18
+    with pytest.raises(ValueError):
+        dino_loss_num_terms(1, 0)
+
+
+def test_softmax_center_teacher_and_center_update():
+    loss = DINOLoss(out_dim=3, center_momentum=0.9)
+    old = [0.1, -0.2, 0.3]
+    loss.center.copy_(torch.tensor([old]))
+    logits = [[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]]
+    probs = loss.softmax_center_teacher(torch.tensor(logits), teacher_temp=0.5)
+    for row, prow in zip(logits, probs.tolist()):
+        z = [(x - c) / 0.5 for x, c in zip(row, old)]
+        denom = sum(math.exp(v) for v in z)
+        assert prow == pytest.approx([math.exp(v) / denom for v in z], rel=1e-6)
+    loss.update_center(torch.tensor(logits))
+    batch_mean = [(a + b) / 2 for a, b in zip(*logits)]
+    expected = [0.9 * o + 0.1 * m for o, m in zip(old, batch_mean)]
+    assert loss.center.tolist()[0] == pytest.approx(expected, rel=1e-6)
+    assert "center" in loss.state_dict() and loss.state_dict()["center"].shape == (1, 3)
+
+
+def test_sinkhorn_matches_textbook_and_row_column_sums():
+    logits = [[0.5, -0.2, 0.1], [0.3, 0.8, -0.5], [-0.4, 0.2, 0.9], [0.0, 0.1, 0.2]]  # (B=4, K=3)
+    temp = 0.3
+    q = DINOLoss(out_dim=3).sinkhorn_knopp_teacher(torch.tensor(logits), temp, n_iterations=3).double().numpy()
+    ref = textbook_sinkhorn(logits, temp, 3)
+    np.testing.assert_allclose(q, ref, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(q.sum(1), np.ones(4), atol=1e-6)  # each sample is a distribution
+    np.testing.assert_allclose(q.sum(0), ref.sum(0), atol=1e-6)  # prototype totals ~ B/K, not exact
+    assert not np.allclose(q.sum(0), 4 / 3, atol=1e-6)
+    q_conv = DINOLoss(out_dim=3).sinkhorn_knopp_teacher(torch.tensor(logits), temp, n_iterations=200)
+    np.testing.assert_allclose(q_conv.sum(0).numpy(), np.full(3, 4 / 3), atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- iBOT
+
+
+def test_ibot_forward_masked_per_image_weighting():
+    # 3 images x 4 patches: image 0 has 1 masked patch, image 1 has 3, image 2 none
+    masks = torch.tensor([[0, 1, 0, 0], [1, 1, 0, 1], [0, 0, 0, 0]], dtype=torch.bool)
+    student = [[0.2, -0.1, 0.05], [-0.3, 0.4, 0.0], [0.1, 0.1, -0.2], [0.0, 0.3, 0.2]]  # (M=4, K=3)
+    teacher = [[0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [0.2, 0.5, 0.3], [0.4, 0.4, 0.2]]
+    ce = [ce_row(s, t) for s, t in zip(student, teacher)]
+    expected = (ce[0] / 1 + (ce[1] + ce[2] + ce[3]) / 3 + 0.0) / 3
+    loss = iBOTPatchLoss(patch_out_dim=3)
+    got = loss.forward_masked(torch.tensor(student), torch.tensor(teacher), masks).item()
+    assert got == pytest.approx(expected, rel=1e-6)
+    assert masks_weight_from_masks(masks).tolist() == pytest.approx([1.0, 1 / 3, 1 / 3, 1 / 3])
+    # dense variant on (B, N, K) tokens gives the same value
+    dense_s, dense_t = torch.zeros(3, 4, 3), torch.full((3, 4, 3), 1 / 3)
+    dense_s[masks], dense_t[masks] = torch.tensor(student), torch.tensor(teacher)
+    assert loss(dense_s, dense_t, masks).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_ibot_center_and_sinkhorn():
+    loss = iBOTPatchLoss(patch_out_dim=3)
+    assert loss.state_dict()["center"].shape == (1, 1, 3)
+    logits = [[1.0, 0.0, -1.0], [0.5, 0.5, 2.0], [0.0, 3.0, 1.0]]
+    loss.update_center(torch.tensor(logits))
+    expected = [0.1 * sum(col) / 3 for col in zip(*logits)]
+    assert loss.center.flatten().tolist() == pytest.approx(expected, rel=1e-6)
+    probs = loss.softmax_center_teacher(torch.tensor(logits), 0.07)
+    assert probs.shape == (3, 3)
+    q = loss.sinkhorn_knopp_teacher(torch.tensor(logits), 0.5, torch.tensor(3))
+    np.testing.assert_allclose(q.double().numpy(), textbook_sinkhorn(logits, 0.5, 3), rtol=1e-5, atol=1e-7)
+
+
+# ----------------------------------------------------------------------------- KoLeo
+
+
+def test_koleo_matches_scipy_nearest_neighbour():
+    pts = np.array([[1.0, 0.0, 0.0], [0.9, 0.1, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, -3.0], [1.0, 1.0, 1.0]])
+    unit = pts / np.linalg.norm(pts, axis=1, keepdims=True)
+    d = cdist(unit, unit)
+    np.fill_diagonal(d, np.inf)
+    expected = -np.mean(np.log(d.min(axis=1) + 1e-8))
+    got = KoLeoLoss()(torch.tensor(pts, dtype=torch.float32)).item()
+    assert got == pytest.approx(expected, rel=1e-5)
+    assert DEFAULT_KOLEO_WEIGHT == 0.1
+
+
+def test_koleo_gradient_spreads_points():
+    x = torch.tensor([[1.0, 0.0], [0.99, 0.01], [0.0, 1.0]], requires_grad=True)
+    loss = KoLeoLoss()(x)
+    loss.backward()
+    assert torch.isfinite(x.grad).all()
+
+
+# ----------------------------------------------------------------------------- distributed
+
+
+def _dist_worker(rank, world, port, logits, out_dir):
+    """One gloo rank: Sinkhorn + center update on its half of the batch; results saved to out_dir."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        local = torch.tensor(logits).chunk(world)[rank]
+        dino = DINOLoss(out_dim=local.shape[1])
+        sk = dino.sinkhorn_knopp_teacher(local, 0.3)
+        dino.update_center(local)
+        n_local = torch.tensor(local.shape[0])
+        ibot = iBOTPatchLoss(local.shape[1]).sinkhorn_knopp_teacher(local, 0.3, n_local)
+        torch.save({"sk": sk, "center": dino.center, "ibot": ibot, "n": int(n_local)}, f"{out_dir}/{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_distributed_sinkhorn_and_center_equal_single_process(tmp_path):
+    """Two gloo ranks on halves of a batch reproduce the single-process result on the whole batch."""
+    import socket
+
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+
+    if not dist.is_available():
+        pytest.skip("torch.distributed unavailable")
+    logits = [[0.5, -0.2, 0.1], [0.3, 0.8, -0.5], [-0.4, 0.2, 0.9], [0.0, 0.1, 0.2]]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ctx = mp.spawn(_dist_worker, args=(2, port, logits, str(tmp_path)), nprocs=2, join=False)
+    if not ctx.join(timeout=60) and not all((tmp_path / f"{r}.pt").exists() for r in range(2)):
+        for proc in ctx.processes:
+            proc.kill()
+        pytest.skip("gloo process group did not complete in time")
+    while not ctx.join():
+        pass
+    res = [torch.load(tmp_path / f"{r}.pt") for r in range(2)]
+    ref = textbook_sinkhorn(logits, 0.3, 3)
+    np.testing.assert_allclose(torch.cat([r["sk"] for r in res]).double().numpy(), ref, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(torch.cat([r["ibot"] for r in res]).double().numpy(), ref, rtol=1e-5, atol=1e-7)
+    assert res[0]["n"] == 2  # the caller's count tensor is not all-reduced in place
+    expected_center = [0.1 * sum(col) / 4 for col in zip(*logits)]
+    for r in res:
+        assert r["center"].flatten().tolist() == pytest.approx(expected_center, rel=1e-6)
