@@ -15,7 +15,6 @@ import logging
 import time
 from pathlib import Path
 
-import torch
 from safetensors.torch import save_file
 
 from image_processing_rad_dino import read_image
@@ -86,7 +85,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    torch.set_grad_enabled(False)
     args.run(args)
 
 
