@@ -49,3 +49,31 @@ def save_pca_figure(
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
+
+
+def plot_training_curves(metrics_jsonl: str | Path, path: str | Path) -> Path:
+    """Loss terms and schedules against iterations, from the trainer's `metrics.jsonl`."""
+    import json
+
+    rows = [json.loads(line) for line in Path(metrics_jsonl).read_text(encoding="utf-8").splitlines() if line.strip()]
+    steps = [row["step"] for row in rows]
+    panels = [
+        ("losses", [key for key in rows[0] if key.startswith("loss/")]),
+        ("learning rate", ["lr"]),
+        ("teacher", ["momentum", "teacher_temp"]),
+        ("throughput (images/s)", ["images_per_second"]),
+    ]
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2))
+    for axis, (title, keys) in zip(axes, panels):
+        for key in keys:
+            axis.plot(steps, [row[key] for row in rows], label=key.removeprefix("loss/"))
+        axis.set_title(title, fontsize=9)
+        axis.set_xlabel("iteration", fontsize=8)
+        axis.tick_params(labelsize=7)
+        if len(keys) > 1:
+            axis.legend(fontsize=7)
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

@@ -123,34 +123,47 @@ class TeacherConfig:
 
 @dataclass
 class StudentConfig:
-    """Backbone."""
+    """Backbone and its initialisation."""
 
+    # "random", a HF RAD-DINO / DINOv2 directory or Hub id, or an original-layout backbone .safetensors file.
     pretrained: str = "facebook/dinov2-base"  # RAD-DINO card: fine-tuned from dinov2-base (ViT-B/14)
+    dino_head: str | None = None  # original-layout dino_head.safetensors, e.g. microsoft/rad-dino's, to continue
+    # Architecture of a "random" backbone (ViT-B/14 here; a pretrained one brings its own).
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
     patch_size: int = 14
     drop_path_rate: float = 0.1  # DINO v1 ViT default; DINOv2 default 0.3 is for ViT-L, vitl14 uses 0.4
-    drop_path_uniform: bool = True  # DINOv2 default
+    drop_path_uniform: bool = True  # DINOv2 default (the HF backbone applies one rate to every block)
     layerscale: float = 1.0e-5  # DINOv2 default init (irrelevant when loading pretrained weights)
 
 
 @dataclass
 class TrainConfig:
-    """Loop, data and teacher-normalisation settings."""
+    """Loop, data, checkpoint and teacher-normalisation settings."""
 
     batch_size_per_gpu: int = 64  # DINOv2 default; paper: 2560 global over 64 GPUs = 40/GPU (brief)
-    world_size: int = 1  # number of data-parallel processes (for the lr scaling rule)
+    gradient_accumulation_steps: int = 1
+    world_size: int = 1  # data-parallel processes; set from the launcher at run time (for lr scaling)
     official_epoch_length: int = 1250  # DINOv2 OFFICIAL_EPOCH_LENGTH (iterations per "epoch")
+    max_iterations: int | None = None  # stop early (schedules still span optim.epochs); None = run them all
+    max_minutes: float | None = None  # wall-clock budget: checkpoint and stop when spent
     centering: str = "centering"  # "centering" or "sinkhorn_knopp" (DINOv2 default / patch-14 configs)
+    mixed_precision: str = "no"  # "no", "bf16" or "fp16" (accelerate); measure before choosing on CPU
     seed: int = 0
+    data_sources: tuple[str, ...] = ()  # "[kind:]location[@weight]" (see rad_dino/data.py)
+    files_per_shard: int = 64  # local folders: files per stream shard (shards spread over ranks and workers)
     num_workers: int = 10
-    output_dir: str = "."
-    saveckp_freq: int = 20
-    # paper (per brief, not re-verified): 100k iterations; then a high-resolution stage at 518 px.
-    high_res_crops_size: int | None = None  # e.g. 518 for the second stage; None = off
+    output_dir: str = "outputs/pretrain"
+    checkpoint_every: int = 1250  # iterations
+    keep_checkpoints: int = 2
+    log_every: int = 10  # iterations
+    max_consecutive_nan: int = 5  # skip non-finite steps; stop after this many in a row
 
     @property
     def global_batch_size(self) -> int:
-        """Images per optimisation step over all processes."""
-        return self.batch_size_per_gpu * self.world_size
+        """Images per optimisation step over all processes and accumulation steps."""
+        return self.batch_size_per_gpu * self.world_size * self.gradient_accumulation_steps
 
 
 @dataclass
@@ -292,7 +305,7 @@ def apply_overrides(cfg: RecipeConfig, overrides: list[str] | tuple[str, ...]) -
 
     Values are converted to the field's annotated type: ``"optim.lr=0.001"``,
     ``"crops.local_crops_number=4"``, ``"crops.global_crops_scale=0.4,1.0"`` (or ``[0.4, 1.0]``),
-    ``"ibot.separate_head=true"``, ``"train.high_res_crops_size=none"``.
+    ``"ibot.separate_head=true"``, ``"train.max_minutes=none"``.
 
     Raises:
         KeyError: unknown section or field (message lists the valid names).

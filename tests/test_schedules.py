@@ -135,7 +135,7 @@ def test_recipe_defaults_match_dinov2_default_config():
 
 
 def test_recipe_yaml_round_trip(tmp_path):
-    cfg = apply_overrides(RecipeConfig(), ["crops.local_crops_number=4", "train.high_res_crops_size=518"])
+    cfg = apply_overrides(RecipeConfig(), ["crops.local_crops_number=4", "train.max_minutes=7.5"])
     path = tmp_path / "recipe.yaml"
     cfg.to_yaml(path)
     assert RecipeConfig.from_yaml(path) == cfg
@@ -150,13 +150,13 @@ def test_overrides_type_conversion():
         base,
         ["optim.lr=0.001", "crops.local_crops_number=4", "crops.global_crops_scale=0.4,1",
          "ibot.separate_head=true", "optim.min_lr=1e-5", "train.centering=sinkhorn_knopp",
-         "crops.blur_probabilities=[0.5, 0.5, 0.5]", "train.high_res_crops_size=none", "optim.epochs=2.0"],
+         "crops.blur_probabilities=[0.5, 0.5, 0.5]", "train.max_minutes=none", "optim.epochs=2.0"],
     )
     assert cfg.optim.lr == 0.001 and isinstance(cfg.optim.lr, float)
     assert cfg.crops.local_crops_number == 4 and isinstance(cfg.crops.local_crops_number, int)
     assert cfg.crops.global_crops_scale == (0.4, 1.0)
     assert cfg.ibot.separate_head is True and cfg.optim.min_lr == 1e-5 and cfg.optim.epochs == 2
-    assert cfg.train.centering == "sinkhorn_knopp" and cfg.train.high_res_crops_size is None
+    assert cfg.train.centering == "sinkhorn_knopp" and cfg.train.max_minutes is None
     assert cfg.crops.blur_probabilities == (0.5, 0.5, 0.5)
     assert base.optim.lr == 0.0  # the input is not mutated
 

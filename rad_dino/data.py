@@ -1,0 +1,249 @@
+"""Streaming radiograph sources for pretraining, on HuggingFace Datasets.
+
+A source is a Hub dataset id, a local folder of images and/or DICOM files, parquet files, or WebDataset tar shards.
+Sources are repeated forever and mixed with weights (`interleave_datasets`), as RAD-DINO mixed five public CXR sets,
+then split across ranks (`split_dataset_by_node`); HF shards split further across dataloader workers. Every stage
+keeps `state_dict()`, so a run resumes at the exact sample it stopped at.
+
+Samples that cannot be decoded are not fatal: `decode_or_none` returns None, the multi-crop step marks the sample
+`ok=False`, and the collate function drops it and counts it.
+
+Source spec on the command line: `[kind:]location[@weight]`, kind one of hub, folder, parquet, webdataset
+(guessed when omitted), e.g. `../shared/data/hannover-covid/images@2` or `hub:someone/cxr-dataset@0.5`.
+"""
+
+import functools
+import hashlib
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+from datasets import Image as ImageFeature
+from datasets import IterableDataset, interleave_datasets, load_dataset
+from datasets.distributed import split_dataset_by_node
+
+from image_processing_rad_dino import UnreadableImageError, read_image, to_uint8
+
+logger = logging.getLogger(__name__)
+
+SOURCE_KINDS = ("hub", "folder", "parquet", "webdataset")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom")
+# Column names that hold the image in Hub/parquet tables, and the per-extension columns of WebDataset samples.
+IMAGE_COLUMN_CANDIDATES = ("image", "img", "pixel_values", "dicom") + tuple(s.lstrip(".") for s in IMAGE_SUFFIXES)
+
+
+@dataclass
+class DataSource:
+    """One pretraining source. `weight` is its relative sampling probability in the mix."""
+
+    location: str
+    kind: str = "auto"
+    weight: float = 1.0
+    split: str = "train"
+    image_column: str | None = None
+
+    def resolved_kind(self) -> str:
+        if self.kind != "auto":
+            if self.kind not in SOURCE_KINDS:
+                raise ValueError(f"Unknown source kind {self.kind!r}; choose from {', '.join(SOURCE_KINDS)}")
+            return self.kind
+        path = Path(self.location)
+        if path.suffix == ".parquet" or (path.is_dir() and any(path.rglob("*.parquet"))):
+            return "parquet"
+        if path.suffix == ".tar" or "*.tar" in self.location or (path.is_dir() and any(path.glob("*.tar"))):
+            return "webdataset"
+        if path.is_dir():
+            return "folder"
+        if path.exists():
+            raise ValueError(f"Cannot tell what kind of source {self.location} is; prefix it with kind:")
+        return "hub"
+
+
+def parse_source(spec: str) -> DataSource:
+    """Parse `[kind:]location[@weight]` into a `DataSource`."""
+    kind, location, weight = "auto", spec, 1.0
+    prefix, _, rest = spec.partition(":")
+    if rest and prefix in SOURCE_KINDS:
+        kind, location = prefix, rest
+    if "@" in location:
+        location, _, weight_text = location.rpartition("@")
+        try:
+            weight = float(weight_text)
+        except ValueError as error:
+            raise ValueError(f"Bad weight in source {spec!r}: expected location@number") from error
+    if weight <= 0:
+        raise ValueError(f"Source weight must be positive: {spec!r}")
+    return DataSource(location=location, kind=kind, weight=weight)
+
+
+def _folder_units(units: list[tuple[int, int]], shards: list[list[str]], seed: int):
+    for epoch, shard_index in units:
+        files = list(shards[shard_index])
+        random.Random(sample_seed(seed, epoch, shard_index)).shuffle(files)
+        for path in files:
+            yield {"image": path, "key": path}
+
+
+def _open_folder(source: DataSource, seed: int, files_per_shard: int, epochs: int) -> IterableDataset:
+    """Files as `epochs` passes of (epoch, shard) units, each in a fresh seeded order.
+
+    HF's shuffle buffer neither reshuffles between repeats nor resumes exactly; units do both: the stream state is
+    a unit index plus a position inside it, and every epoch visits shards and files in a new, reproducible order.
+    """
+    files = sorted(str(p) for p in Path(source.location).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"No images ({', '.join(IMAGE_SUFFIXES)}) under {source.location}")
+    shards = [files[i : i + files_per_shard] for i in range(0, len(files), files_per_shard)]
+    units = []
+    for epoch in range(epochs):
+        order = list(range(len(shards)))
+        random.Random(sample_seed(seed, epoch)).shuffle(order)
+        units += [(epoch, shard_index) for shard_index in order]
+    generator = functools.partial(_folder_units, shards=shards, seed=seed)
+    return IterableDataset.from_generator(generator, gen_kwargs={"units": units})
+
+
+def _image_columns(dataset: IterableDataset, source: DataSource) -> list[str]:
+    columns = list(dataset.features or {}) if dataset.features else []
+    if source.image_column:
+        if columns and source.image_column not in columns:
+            raise ValueError(f"{source.location}: no column {source.image_column!r} (columns: {columns})")
+        return [source.image_column]
+    found = [c for c in columns if isinstance(dataset.features[c], ImageFeature)]
+    found += [c for c in columns if c.lower() in IMAGE_COLUMN_CANDIDATES and c not in found]
+    if not found:
+        raise ValueError(f"{source.location}: no image column among {columns}; pass image_column")
+    return found
+
+
+def _open_table(source: DataSource, kind: str) -> IterableDataset:
+    if kind == "hub":
+        dataset = load_dataset(source.location, split=source.split, streaming=True)
+    else:
+        path = Path(source.location)
+        pattern = "*.parquet" if kind == "parquet" else "*.tar"
+        files = sorted(str(p) for p in path.rglob(pattern)) if path.is_dir() else [source.location]
+        dataset = load_dataset(kind, data_files={"train": files}, split="train", streaming=True)
+    columns = _image_columns(dataset, source)
+    for column in columns:  # keep encoded bytes: our reader decodes (16-bit, DICOM) and reports failures
+        if isinstance(dataset.features[column], ImageFeature):
+            dataset = dataset.cast_column(column, ImageFeature(decode=False))
+    prefix = source.location
+
+    def to_image_and_key(example: dict, index: int) -> dict:
+        value = next((example[c] for c in columns if example.get(c) is not None), None)
+        key = example.get("__key__") or (value.get("path") if isinstance(value, dict) else None) or f"{prefix}#{index}"
+        return {"image": value, "key": f"{prefix}/{key}" if "__key__" in example else key}
+
+    return dataset.map(to_image_and_key, with_indices=True, remove_columns=list(dataset.features))
+
+
+def open_source(source: DataSource, seed: int = 0, files_per_shard: int = 64, epochs: int = 1) -> IterableDataset:
+    """A streaming dataset of `{"image": path | bytes | {"bytes", "path"} | PIL, "key": str}` for one source.
+
+    Folders come as `epochs` reshuffled passes; tables (Hub, parquet, WebDataset) as one pass in stored order.
+    """
+    kind = source.resolved_kind()
+    if kind == "folder":
+        return _open_folder(source, seed, files_per_shard, epochs)
+    return _open_table(source, kind)
+
+
+def build_stream(
+    sources: list[DataSource],
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    files_per_shard: int = 64,
+    folder_epochs: int = 1,
+) -> IterableDataset:
+    """Endless weighted mix of `sources`, this rank's part of it.
+
+    `folder_epochs` reshuffled passes are laid out for folder sources (enough for the run; after them, and for
+    table sources after one pass, the stream repeats in the same order).
+    """
+    if not sources:
+        raise ValueError("No data sources given")
+    streams = [open_source(source, seed, files_per_shard, folder_epochs).repeat(None) for source in sources]
+    if len(streams) == 1:
+        stream = streams[0]
+    else:
+        total = sum(source.weight for source in sources)
+        stream = interleave_datasets(streams, probabilities=[s.weight / total for s in sources], seed=seed)
+    return split_dataset_by_node(stream, rank=rank, world_size=world_size) if world_size > 1 else stream
+
+
+def decode_or_none(value, key: str) -> np.ndarray | None:
+    """Decode one stream value to a grey `(H, W)` uint8 radiograph, or None (logged) if it is unreadable.
+
+    16-bit and DICOM inputs are min-max scaled to [0, 255] as RAD-DINO's preprocessing does; colour is averaged.
+    """
+    try:
+        if isinstance(value, dict):
+            value = value.get("bytes") or value.get("path")
+        if isinstance(value, PIL.Image.Image):
+            value = np.asarray(value)
+        if value is None:
+            raise UnreadableImageError(f"{key}: sample has no image")
+        array = read_image(value, name=key)
+    except (UnreadableImageError, OSError, ValueError) as error:
+        logger.warning("Skipping unreadable sample %s: %s", key, error)
+        return None
+    if array.ndim == 3:
+        array = array.mean(axis=-1)
+    return array if array.dtype == np.uint8 else to_uint8(array)
+
+
+def sample_seed(*parts) -> int:
+    """A stable 63-bit seed from any printable parts (Python's `hash` is salted per process)."""
+    digest = hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+class MultiCropMapper:
+    """`IterableDataset.map` function: decode a sample and cut its crops with a per-sample seeded generator.
+
+    The seed depends on (run seed, rank, dataloader worker, position in that worker's stream), so crops are the
+    same whether a run goes straight through or resumes, and do not depend on where the data lives.
+    """
+
+    def __init__(self, augmentation: Callable, seed: int, rank: int = 0) -> None:
+        self.augmentation = augmentation
+        self.seed = seed
+        self.rank = rank
+
+    def __call__(self, example: dict, index: int) -> dict:
+        worker = torch.utils.data.get_worker_info()
+        worker_id = worker.id if worker is not None else 0
+        image = decode_or_none(example["image"], example["key"])
+        if image is None:
+            return {"ok": False, "key": example["key"], "global_crops": None, "local_crops": None}
+        generator = torch.Generator().manual_seed(sample_seed(self.seed, self.rank, worker_id, index))
+        crops = self.augmentation(torch.from_numpy(image.copy()).unsqueeze(0), generator=generator)
+        return {
+            "ok": True,
+            "key": example["key"],
+            "global_crops": torch.stack(crops["global_crops"]),
+            "local_crops": torch.stack(crops["local_crops"]) if crops["local_crops"] else None,
+        }
+
+
+def collate_crops(samples: list[dict]) -> dict:
+    """Stack good samples and count the skipped ones.
+
+    Returns `global_crops` `(n_global, B, 3, G, G)`, `local_crops` `(n_local, B, 3, L, L)` or None,
+    `n_skipped` int and `keys`.
+    """
+    good = [s for s in samples if s["ok"]]
+    batch = {"n_skipped": len(samples) - len(good), "keys": [s["key"] for s in good]}
+    if not good:
+        return {**batch, "global_crops": None, "local_crops": None}
+    batch["global_crops"] = torch.stack([s["global_crops"] for s in good], dim=1)
+    has_local = good[0]["local_crops"] is not None
+    batch["local_crops"] = torch.stack([s["local_crops"] for s in good], dim=1) if has_local else None
+    return batch

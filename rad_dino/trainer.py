@@ -1,0 +1,319 @@
+"""The DINOv2 / RAD-DINO pretraining loop on Accelerate (single process, DDP or FSDP).
+
+One iteration: read a multi-crop batch from the stream, draw iBOT masks, set this iteration's lr / weight decay,
+compute DINO + iBOT + KoLeo, step the student, move the teacher towards it (EMA). Non-finite steps are skipped
+(centers restored, no optimizer step) and counted; too many in a row stop the run with a clear error.
+"""
+
+import hashlib
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator, DistributedType
+from accelerate.utils import gather_object, set_seed
+from torchdata.stateful_dataloader import StatefulDataLoader
+from tqdm.auto import tqdm
+
+from rad_dino.augment import MultiCropAugmentation
+from rad_dino.checkpoint import TrainState, latest_checkpoint, save_checkpoint
+from rad_dino.data import MultiCropMapper, build_stream, collate_crops, parse_source
+from rad_dino.export import export_teacher, push_to_hub
+from rad_dino.masking import sample_batch_masks
+from rad_dino.plots import plot_training_curves
+from rad_dino.recipe import RecipeConfig
+from rad_dino.schedules import apply_schedules, build_schedules, fuse_param_groups, param_groups
+from rad_dino.ssl_model import SelfDistillationObjective, build_student_teacher, ema_update, initial_backbone
+
+logger = logging.getLogger(__name__)
+
+METRICS_FILENAME = "metrics.jsonl"
+CURVES_FILENAME = "loss_curves.png"
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised after `train.max_consecutive_nan` non-finite steps in a row."""
+
+
+@dataclass
+class RunOptions:
+    """What a run does besides the recipe."""
+
+    resume: str = "auto"  # "auto": latest checkpoint in output_dir if any; "never"; or a checkpoint folder
+    export_dir: str | None = None  # default: output_dir/export
+    push_to_hub: str | None = None
+    progress: bool = True
+
+
+def build_dataloader(recipe: RecipeConfig, rank: int, world_size: int) -> StatefulDataLoader:
+    """Stream -> decode + multi-crop (in workers) -> batches; the loader's `state_dict()` is the data position."""
+    sources = [parse_source(spec) for spec in recipe.train.data_sources]
+    samples_needed = recipe.total_iterations * recipe.train.global_batch_size
+    folder_files = min(
+        (sum(1 for _ in Path(s.location).rglob("*")) for s in sources if s.resolved_kind() == "folder"), default=1
+    )
+    folder_epochs = math.ceil(samples_needed / max(folder_files, 1)) + world_size
+    stream = build_stream(
+        sources, recipe.train.seed, rank, world_size, recipe.train.files_per_shard, folder_epochs=folder_epochs
+    )
+    mapper = MultiCropMapper(MultiCropAugmentation.from_config(recipe.crops), recipe.train.seed, rank)
+    stream = stream.map(mapper, with_indices=True, remove_columns=["image"])
+    workers = min(recipe.train.num_workers, stream.num_shards)
+    return StatefulDataLoader(
+        stream,
+        batch_size=recipe.train.batch_size_per_gpu,
+        num_workers=workers,
+        collate_fn=collate_crops,
+        prefetch_factor=2 if workers else None,
+        persistent_workers=False,
+        # Its own generator: starting an iterator must not draw from the global RNG that drop path uses and that
+        # a resumed run has just restored.
+        generator=torch.Generator().manual_seed(recipe.train.seed),
+    )
+
+
+def parameter_digest(module: torch.nn.Module) -> str:
+    """SHA-256 of all parameters' bytes, in order: equal digests mean bitwise-equal replicas."""
+    digest = hashlib.sha256()
+    for parameter in module.parameters():
+        digest.update(parameter.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _all_finite(module: torch.nn.Module) -> bool:
+    return all(torch.isfinite(p).all() for p in module.parameters())
+
+
+class Pretrainer:
+    """Builds everything from a recipe and runs it; `run()` returns a summary dict."""
+
+    def __init__(self, recipe: RecipeConfig, options: RunOptions) -> None:
+        if not recipe.train.data_sources:
+            raise ValueError("No data: set train.data_sources (or pass --data)")
+        self.options = options
+        self.accelerator = Accelerator(
+            gradient_accumulation_steps=recipe.train.gradient_accumulation_steps,
+            mixed_precision=recipe.train.mixed_precision,
+        )
+        if not self.accelerator.is_main_process:  # one process speaks; the others only warn
+            logging.getLogger().setLevel(logging.WARNING)
+        recipe.train.world_size = self.accelerator.num_processes
+        self.recipe = recipe
+        self.output_dir = Path(recipe.train.output_dir)
+        set_seed(recipe.train.seed)  # identical initial weights on every rank
+        backbone, head = initial_backbone(recipe)
+        self.student, self.teacher = build_student_teacher(backbone, recipe, head)
+        self.objective = SelfDistillationObjective(recipe)
+        groups = param_groups(
+            self.student,
+            recipe.optim.weight_decay,
+            layerwise_decay=recipe.optim.layerwise_decay,
+            patch_embed_lr_mult=recipe.optim.patch_embed_lr_mult,
+        )
+        optimizer = torch.optim.AdamW(
+            fuse_param_groups(groups), betas=(recipe.optim.adamw_beta1, recipe.optim.adamw_beta2)
+        )
+        self.teacher_is_sharded = self.accelerator.distributed_type == DistributedType.FSDP
+        if self.teacher_is_sharded:  # shard the teacher like the student so EMA pairs matching shards
+            self.student, self.teacher, self.optimizer = self.accelerator.prepare(self.student, self.teacher, optimizer)
+        else:
+            self.student, self.optimizer = self.accelerator.prepare(self.student, optimizer)
+            self.teacher.to(self.accelerator.device)
+            self.accelerator.register_for_checkpointing(self.teacher)
+        self.objective.to(self.accelerator.device)
+        self.state = TrainState()
+        self.accelerator.register_for_checkpointing(self.objective, self.state)
+        set_seed(recipe.train.seed + self.accelerator.process_index)  # per-rank drop path
+        self.mask_rng = random.Random(recipe.train.seed * 1000 + self.accelerator.process_index)
+        self.dataloader = build_dataloader(recipe, self.accelerator.process_index, self.accelerator.num_processes)
+        self.schedules = build_schedules(recipe)
+        self.stop_at = min(recipe.total_iterations, recipe.train.max_iterations or recipe.total_iterations)
+        self.checkpoint_root = self.output_dir / "checkpoints"
+
+    # -- state ----------------------------------------------------------------------------------------------
+
+    def resume(self) -> None:
+        if self.options.resume == "never":
+            return
+        checkpoint = (
+            latest_checkpoint(self.checkpoint_root) if self.options.resume == "auto" else Path(self.options.resume)
+        )
+        if checkpoint is None:
+            return
+        self.accelerator.load_state(str(checkpoint))
+        self.dataloader.load_state_dict(self.state.dataloader_state)
+        self.mask_rng.setstate(self.state.mask_rng_state)
+        logger.info("Resumed from %s at iteration %d", checkpoint, self.state.step)
+
+    def save(self) -> Path:
+        if not (_all_finite(self.student) and _all_finite(self.teacher)):
+            raise NonFiniteLossError("Refusing to checkpoint non-finite weights")
+        self.state.dataloader_state = self.dataloader.state_dict()
+        self.state.mask_rng_state = self.mask_rng.getstate()
+        return save_checkpoint(self.accelerator, self.checkpoint_root, self.state.step, self.recipe.train.keep_checkpoints)
+
+    # -- one step -------------------------------------------------------------------------------------------
+
+    def _any_rank(self, flag: bool) -> bool:
+        flags = self.accelerator.reduce(torch.tensor([float(flag)], device=self.accelerator.device), reduction="sum")
+        return bool(flags.item() > 0)
+
+    def train_step(self, batch: dict) -> dict | None:
+        """One micro-step; returns logged values after an optimizer step, None after an accumulation step."""
+        recipe, iteration = self.recipe, self.state.step
+        device = self.accelerator.device
+        global_crops = batch["global_crops"].to(device)
+        local_crops = batch["local_crops"].to(device) if batch["local_crops"] is not None else None
+        n_global, batch_size = global_crops.shape[:2]
+        grid = global_crops.shape[-1] // recipe.student.patch_size
+        masks = sample_batch_masks(
+            n_global * batch_size, (grid, grid), recipe.ibot.mask_sample_probability, recipe.ibot.mask_ratio_min_max,
+            generator=self.mask_rng,
+        ).to(device)
+        lr = self.schedules["lr"][iteration]
+        wd = self.schedules["wd"][iteration]
+        apply_schedules(self.optimizer, lr, wd, self.schedules["last_layer_lr"][iteration])
+        teacher_temp = self.schedules["teacher_temp"][iteration]
+        centers = {name: value.clone() for name, value in self.objective.state_dict().items()}
+
+        with self.accelerator.accumulate(self.student):
+            with self.accelerator.autocast():
+                terms = self.objective(self.student, self.teacher, global_crops, local_crops, masks, teacher_temp)
+            self.accelerator.backward(terms.total)  # always: DDP ranks must stay in lockstep
+            non_finite = self._any_rank(not torch.isfinite(terms.total.detach()))
+            grad_norm = float("nan")
+            if self.accelerator.sync_gradients:
+                grad_norm = float(self.accelerator.clip_grad_norm_(self.student.parameters(), recipe.optim.clip_grad))
+                non_finite = non_finite or not math.isfinite(grad_norm)
+            if not non_finite:
+                self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+
+        if non_finite:
+            self.objective.load_state_dict(centers)
+            self.state.skipped_nan_steps += 1
+            self.consecutive_nan += 1
+            logger.warning(
+                "Non-finite loss or gradient at iteration %d (%d in a row, %d in all): step skipped",
+                iteration, self.consecutive_nan, self.state.skipped_nan_steps,
+            )
+            if self.consecutive_nan >= recipe.train.max_consecutive_nan:
+                raise NonFiniteLossError(
+                    f"{self.consecutive_nan} non-finite steps in a row at iteration {iteration}; stopping. "
+                    "Lower the learning rate, check the data, or resume from the last checkpoint."
+                )
+            return None
+        self.consecutive_nan = 0
+        if not self.accelerator.sync_gradients:
+            return None
+        momentum = self.schedules["momentum"][iteration]
+        ema_update(self.teacher, self.accelerator.unwrap_model(self.student), momentum)
+        self.state.step += 1
+        return {
+            **{f"loss/{name}": value for name, value in terms.as_floats().items()},
+            "lr": lr, "wd": wd, "momentum": momentum, "teacher_temp": teacher_temp, "grad_norm": grad_norm,
+        }
+
+    # -- the run --------------------------------------------------------------------------------------------
+
+    def run(self) -> dict:
+        accelerator, recipe = self.accelerator, self.recipe
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        if accelerator.is_main_process:
+            recipe.to_yaml(self.output_dir / "recipe.yaml")
+        self.resume()
+        self.consecutive_nan = 0
+        metrics_path = self.output_dir / METRICS_FILENAME
+        started = time.perf_counter()
+        window_start, window_images = started, 0
+        progress = tqdm(
+            total=self.stop_at, initial=self.state.step, desc="Pretraining", unit="it",
+            disable=not (accelerator.is_main_process and self.options.progress),
+        )
+        data = iter(self.dataloader)
+        budget_spent = False
+        while self.state.step < self.stop_at and not budget_spent:
+            batch = next(data)
+            self.state.skipped_samples += batch["n_skipped"]
+            if batch["global_crops"] is None:
+                continue
+            batch_images = batch["global_crops"].shape[1]
+            values = self.train_step(batch)
+            window_images += batch_images
+            self.state.images_seen += batch_images
+            if values is None:
+                continue
+            progress.update(1)
+            step = self.state.step
+            budget_spent = (
+                recipe.train.max_minutes is not None and time.perf_counter() - started > 60 * recipe.train.max_minutes
+            )
+            if step % recipe.train.log_every == 0 or step == self.stop_at or budget_spent:
+                elapsed = time.perf_counter() - window_start
+                values["images_per_second"] = accelerator.num_processes * window_images / max(elapsed, 1e-9)
+                values.update(step=step, skipped_samples=self.state.skipped_samples,
+                              skipped_nan_steps=self.state.skipped_nan_steps)
+                self._log(values, metrics_path)
+                progress.set_postfix(loss=f"{values['loss/total']:.3f}", img_s=f"{values['images_per_second']:.1f}")
+                window_start, window_images = time.perf_counter(), 0
+            if step % recipe.train.checkpoint_every == 0 and step < self.stop_at and not budget_spent:
+                self.save()
+        progress.close()
+        if budget_spent:
+            logger.info("Time budget of %.1f min spent at iteration %d", recipe.train.max_minutes, self.state.step)
+        self.save()
+        return self._finish(time.perf_counter() - started, metrics_path)
+
+    def _log(self, values: dict, metrics_path: Path) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        with open(metrics_path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(values) + "\n")
+        logger.info(
+            "it %d | loss %.4f (dino %.4f ibot %.4f koleo %.4f) | lr %.2e wd %.3f mom %.4f T %.3f | %.1f img/s",
+            values["step"], values["loss/total"], values["loss/dino"], values["loss/ibot"], values["loss/koleo"],
+            values["lr"], values["wd"], values["momentum"], values["teacher_temp"], values["images_per_second"],
+        )
+
+    def _finish(self, seconds: float, metrics_path: Path) -> dict:
+        accelerator = self.accelerator
+        digests = gather_object([parameter_digest(accelerator.unwrap_model(self.student))])
+        teacher_digests = gather_object([parameter_digest(self.teacher)])
+        summary = {
+            **self.state.state_dict(),
+            "seconds": round(seconds, 1),
+            "world_size": accelerator.num_processes,
+            "replica_digests": digests,
+            "teacher_digests": teacher_digests,
+        }
+        summary.pop("dataloader_state")
+        summary.pop("mask_rng_state")
+        if len(set(digests)) > 1 or len(set(teacher_digests)) > 1:
+            logger.error("Replicas differ across ranks: student %s, teacher %s", digests, teacher_digests)
+        export_dir = Path(self.options.export_dir or self.output_dir / "export")
+        teacher_state = accelerator.get_state_dict(self.teacher) if self.teacher_is_sharded else None
+        if accelerator.is_main_process:
+            teacher = self.teacher
+            if teacher_state is not None:  # gather the FSDP shards into a plain copy for export
+                _, teacher = build_student_teacher(initial_backbone(self.recipe)[0], self.recipe)
+                teacher.load_state_dict(teacher_state)
+            export_teacher(teacher, export_dir, self.recipe, summary)
+            if metrics_path.exists():
+                plot_training_curves(metrics_path, self.output_dir / CURVES_FILENAME)
+            summary["export_dir"] = str(export_dir)
+            (self.output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            if self.options.push_to_hub:
+                push_to_hub(export_dir, self.options.push_to_hub)
+        accelerator.wait_for_everyone()
+        accelerator.end_training()
+        return summary
+
+
+def pretrain(recipe: RecipeConfig, options: RunOptions | None = None) -> dict:
+    """Build a `Pretrainer` from `recipe` and run it; returns the run summary."""
+    return Pretrainer(recipe, options or RunOptions()).run()

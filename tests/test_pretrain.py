@@ -1,0 +1,190 @@
+"""Pretraining runs end to end on tiny models: exact resume, crash safety, bad data, NaN, DDP, export."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from transformers import AutoModel, Dinov2Model
+
+import train_pretrain
+from rad_dino import ssl_model
+from rad_dino.checkpoint import latest_checkpoint
+from rad_dino.trainer import NonFiniteLossError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = REPO_ROOT / "data" / "sample" / "images"
+
+TINY_RECIPE = {
+    "student": {"pretrained": "random", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                "drop_path_rate": 0.1},
+    "crops": {"global_crops_size": 56, "local_crops_size": 28, "local_crops_number": 2},
+    "dino": {"head_n_prototypes": 64, "head_hidden_dim": 32, "head_bottleneck_dim": 16},
+    "ibot": {"head_n_prototypes": 64, "head_hidden_dim": 32, "head_bottleneck_dim": 16},
+    "optim": {"epochs": 4, "warmup_epochs": 1, "freeze_last_layer_epochs": 1},
+    "teacher": {"warmup_teacher_temp_epochs": 1},
+    "train": {"batch_size_per_gpu": 4, "official_epoch_length": 2, "files_per_shard": 2, "num_workers": 0,
+              "checkpoint_every": 100, "log_every": 1},
+}
+
+
+@pytest.fixture
+def images(tmp_path) -> Path:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for path in sorted(SAMPLE.iterdir())[:8]:
+        shutil.copy(path, folder / path.name)
+    return folder
+
+
+def write_recipe(tmp_path: Path, images: Path, name: str = "recipe.yaml", **train) -> Path:
+    recipe = json.loads(json.dumps(TINY_RECIPE))
+    recipe["train"].update(data_sources=[str(images)], output_dir=str(tmp_path / "run"), **train)
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def run(config: Path, *args: str) -> dict:
+    return train_pretrain.main(["--config", str(config), "--no-progress", *args])
+
+
+def test_resume_equals_straight_run_bitwise(tmp_path, images):
+    """N steps straight == k steps, stop, resume, N-k steps: weights, teacher and data position, with workers."""
+    (tmp_path / "straight").mkdir()
+    (tmp_path / "resumed").mkdir()
+    straight = run(write_recipe(tmp_path / "straight", images, num_workers=2), "--set", "train.max_iterations=6")
+    config = write_recipe(tmp_path / "resumed", images, num_workers=2)
+    first = run(config, "--set", "train.max_iterations=3")
+    assert first["step"] == 3
+    resumed = run(config, "--set", "train.max_iterations=6")
+    assert resumed["step"] == 6
+    assert resumed["replica_digests"] == straight["replica_digests"]
+    assert resumed["teacher_digests"] == straight["teacher_digests"]
+    assert resumed["images_seen"] == straight["images_seen"] == 24
+
+
+def test_export_loads_as_plain_dinov2(tmp_path, images):
+    summary = run(write_recipe(tmp_path, images), "--set", "train.max_iterations=2")
+    export = Path(summary["export_dir"])
+    assert {"config.json", "model.safetensors", "dino_head.safetensors", "preprocessor_config.json",
+            "README.md"} <= {p.name for p in export.iterdir()}
+    model = AutoModel.from_pretrained(export).eval()
+    assert type(model) is Dinov2Model and model.config.hidden_size == 32
+    assert "## This checkpoint" in (export / "README.md").read_text()
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2]
+    assert {"loss/dino", "loss/ibot", "loss/koleo", "lr", "wd", "momentum", "teacher_temp"} <= set(metrics[0])
+    assert (tmp_path / "run" / "loss_curves.png").exists()
+
+
+def test_corrupt_samples_are_skipped_and_counted(tmp_path, images):
+    (images / "empty.png").write_bytes(b"")
+    (images / "notes.png").write_text("not an image")
+    (images / "truncated.jpg").write_bytes(next(SAMPLE.glob("*.jpg")).read_bytes()[:2000])
+    summary = run(write_recipe(tmp_path, images), "--set", "train.max_iterations=4")
+    assert summary["step"] == 4
+    assert summary["skipped_samples"] >= 3  # 11 files, 16 samples drawn: every bad file at least once
+
+
+def test_nan_steps_are_skipped_and_never_checkpointed(tmp_path, images, monkeypatch):
+    forward = ssl_model.SelfDistillationObjective.forward
+    calls = {"n": 0}
+
+    def sometimes_nan(self, *args, **kwargs):
+        calls["n"] += 1
+        terms = forward(self, *args, **kwargs)
+        if calls["n"] in (2, 3):
+            terms.total = terms.total * float("nan")
+        return terms
+
+    monkeypatch.setattr(ssl_model.SelfDistillationObjective, "forward", sometimes_nan)
+    summary = run(write_recipe(tmp_path, images), "--set", "train.max_iterations=3")
+    assert summary["skipped_nan_steps"] == 2 and summary["step"] == 3
+    checkpoint = latest_checkpoint(tmp_path / "run" / "checkpoints")
+    assert all(torch.isfinite(t).all() for t in load_file(checkpoint / "model.safetensors").values())
+    centers = torch.load(checkpoint / "custom_checkpoint_1.pkl", weights_only=False)
+    assert all(torch.isfinite(t).all() for t in centers.values())
+
+
+def test_persistent_nan_stops_with_clear_error(tmp_path, images, monkeypatch):
+    forward = ssl_model.SelfDistillationObjective.forward
+
+    def always_nan(self, *args, **kwargs):
+        terms = forward(self, *args, **kwargs)
+        terms.total = terms.total * float("nan")
+        return terms
+
+    monkeypatch.setattr(ssl_model.SelfDistillationObjective, "forward", always_nan)
+    with pytest.raises(NonFiniteLossError, match="3 non-finite steps in a row"):
+        run(write_recipe(tmp_path, images), "--set", "train.max_iterations=5", "train.max_consecutive_nan=3")
+    assert latest_checkpoint(tmp_path / "run" / "checkpoints") is None
+
+
+KILL_DURING_SECOND_CHECKPOINT = textwrap.dedent(
+    """
+    import os, signal, sys
+    from pathlib import Path
+    sys.path.insert(0, {repo!r})
+    import accelerate
+    original = accelerate.Accelerator.save_state
+    calls = {{"n": 0}}
+
+    def save_then_die(self, output_dir=None, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # half-written checkpoint, then the process is killed
+            Path(output_dir).mkdir(parents=True, exist_ok=True)
+            (Path(output_dir) / "model.safetensors").write_bytes(b"partial")
+            os.kill(os.getpid(), signal.SIGKILL)
+        return original(self, output_dir, **kwargs)
+
+    accelerate.Accelerator.save_state = save_then_die
+    import train_pretrain
+    train_pretrain.main(sys.argv[1:])
+    """
+)
+
+
+def test_sigkill_while_checkpointing_resumes_from_previous(tmp_path, images):
+    config = write_recipe(tmp_path, images, checkpoint_every=2)
+    script = tmp_path / "killed_run.py"
+    script.write_text(KILL_DURING_SECOND_CHECKPOINT.format(repo=str(REPO_ROOT)))
+    result = subprocess.run(
+        [sys.executable, str(script), "--config", str(config), "--no-progress", "--set", "train.max_iterations=6"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == -9, result.stderr[-2000:]
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert latest_checkpoint(checkpoints).name == "step-00000002"  # the half-written step-4 never became latest
+    assert any(p.name.startswith(".tmp-") for p in checkpoints.iterdir())
+
+    resumed = run(config, "--set", "train.max_iterations=6")
+    straight_dir = tmp_path / "straight"
+    straight_dir.mkdir()
+    straight = run(write_recipe(straight_dir, images, checkpoint_every=2), "--set", "train.max_iterations=6")
+    assert resumed["step"] == 6
+    assert resumed["replica_digests"] == straight["replica_digests"]
+    assert not any(p.name.startswith(".tmp-") for p in checkpoints.iterdir())
+
+
+def test_two_process_ddp_keeps_replicas_identical(tmp_path, images):
+    config = write_recipe(tmp_path, images)
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+         str(REPO_ROOT / "train_pretrain.py"), "--config", str(config), "--no-progress",
+         "--set", "train.max_iterations=3"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["step"] == 3
+    assert len(summary["replica_digests"]) == 2 and len(set(summary["replica_digests"])) == 1
+    assert len(set(summary["teacher_digests"])) == 1

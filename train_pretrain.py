@@ -1,0 +1,70 @@
+"""Pretrain a RAD-DINO encoder with the DINOv2 recipe (DINO + iBOT + KoLeo, EMA teacher) on Accelerate.
+
+With no arguments: a small ViT/14 from scratch on the embedded sample (configs/cpu_small.yaml), a few minutes on a
+CPU, exported to outputs/pretrain/export as a HF checkpoint that `AutoModel.from_pretrained` loads.
+
+Examples:
+  python train_pretrain.py
+  python train_pretrain.py --data ../shared/data/pediatric-pneumonia/train --data ../shared/data/hannover-covid/images@2
+  python train_pretrain.py --config configs/cpu_small.yaml --set optim.epochs=20 train.max_minutes=15
+  accelerate launch --config_file configs/accelerate/ddp.yaml train_pretrain.py --config configs/rad_dino_vitb14.yaml
+  python train_pretrain.py --print-config            # the full recipe with its defaults
+
+Recipe values come from, in order: rad_dino/recipe.py defaults (DINOv2 ViT-B / RAD-DINO), --config YAML, --set.
+A run resumes from its latest checkpoint in train.output_dir unless --resume never.
+"""
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from rad_dino.recipe import RecipeConfig, apply_overrides
+from rad_dino.trainer import RunOptions, pretrain
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "cpu_small.yaml"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="recipe YAML (default: %(default)s)")
+    parser.add_argument("--set", nargs="+", default=[], metavar="SECTION.KEY=VALUE", help="recipe overrides")
+    parser.add_argument(
+        "--data", action="append", metavar="[KIND:]LOCATION[@WEIGHT]",
+        help="data source (repeatable; replaces train.data_sources): Hub id, image/DICOM folder, parquet, .tar shards",
+    )
+    parser.add_argument("--output-dir", help="replaces train.output_dir")
+    parser.add_argument("--resume", default="auto", help="'auto' (latest checkpoint if any), 'never', or a folder")
+    parser.add_argument("--export-dir", help="where to export the teacher (default: OUTPUT_DIR/export)")
+    parser.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the export to this Hub repo")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved recipe and exit")
+    return parser
+
+
+def resolve_recipe(args: argparse.Namespace) -> RecipeConfig:
+    recipe = RecipeConfig.from_yaml(args.config) if args.config else RecipeConfig()
+    overrides = list(args.set)
+    if args.data:
+        overrides.append("train.data_sources=[" + ", ".join(f'"{source}"' for source in args.data) + "]")
+    if args.output_dir:
+        overrides.append(f"train.output_dir={args.output_dir}")
+    return apply_overrides(recipe, overrides)
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    args = build_parser().parse_args(argv)
+    recipe = resolve_recipe(args)
+    if args.print_config:
+        sys.stdout.write(recipe.to_yaml())
+        return None
+    # INFO on the main process only; the trainer lowers other ranks once Accelerate knows who is who.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    options = RunOptions(
+        resume=args.resume, export_dir=args.export_dir, push_to_hub=args.push_to_hub, progress=not args.no_progress
+    )
+    return pretrain(recipe, options)
+
+
+if __name__ == "__main__":
+    main()
