@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -81,8 +82,18 @@ def parameter_digest(module: torch.nn.Module) -> str:
     """SHA-256 of all parameters' bytes, in order: equal digests mean bitwise-equal replicas."""
     digest = hashlib.sha256()
     for parameter in module.parameters():
-        digest.update(parameter.detach().float().cpu().contiguous().numpy().tobytes())
+        tensor = parameter.detach()
+        if hasattr(tensor, "full_tensor"):  # an FSDP2 shard: gather it (collective, every rank calls this)
+            tensor = tensor.full_tensor()
+        digest.update(tensor.float().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+def _launched_without_accelerator() -> bool:
+    """Several processes and no GPU: Accelerate builds a gloo group only when told to run on the CPU."""
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    has_xpu = hasattr(torch, "xpu") and torch.xpu.is_available()
+    return several and not (torch.cuda.is_available() or has_xpu)
 
 
 def _all_finite(module: torch.nn.Module) -> bool:
@@ -99,10 +110,16 @@ class Pretrainer:
         self.accelerator = Accelerator(
             gradient_accumulation_steps=recipe.train.gradient_accumulation_steps,
             mixed_precision=recipe.train.mixed_precision,
+            cpu=_launched_without_accelerator(),
         )
         if not self.accelerator.is_main_process:  # one process speaks; the others only warn
             logging.getLogger().setLevel(logging.WARNING)
         recipe.train.world_size = self.accelerator.num_processes
+        logger.info(
+            "%d process(es), %s on %s, mixed precision %s",
+            self.accelerator.num_processes, self.accelerator.distributed_type.value, self.accelerator.device,
+            self.accelerator.mixed_precision,
+        )
         self.recipe = recipe
         self.output_dir = Path(recipe.train.output_dir)
         set_seed(recipe.train.seed)  # identical initial weights on every rank
