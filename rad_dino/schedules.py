@@ -58,18 +58,6 @@ class CosineScheduler:
         return self.total_iters
 
 
-def cosine_schedule(
-    base_value: float,
-    final_value: float,
-    total_iters: int,
-    warmup_iters: int = 0,
-    start_warmup_value: float = 0.0,
-    freeze_iters: int = 0,
-) -> CosineScheduler:
-    """Functional alias of :class:`CosineScheduler` (same arguments)."""
-    return CosineScheduler(base_value, final_value, total_iters, warmup_iters, start_warmup_value, freeze_iters)
-
-
 def scaled_lr(base_lr: float, batch_size: int) -> float:
     """DINOv2's ``sqrt_wrt_1024`` rule: ``base_lr * sqrt(global_batch_size / 1024)``.
 

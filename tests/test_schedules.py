@@ -9,9 +9,9 @@ from transformers import Dinov2Config, Dinov2Model
 
 from rad_dino.recipe import RecipeConfig, apply_overrides
 from rad_dino.schedules import (
+    CosineScheduler,
     apply_schedules,
     build_schedules,
-    cosine_schedule,
     fuse_param_groups,
     param_groups,
     scaled_lr,
@@ -20,7 +20,7 @@ from rad_dino.schedules import (
 
 def test_cosine_schedule_closed_form():
     base, final, total, warm, start = 1.0, 0.1, 100, 10, 0.2
-    s = cosine_schedule(base, final, total, warmup_iters=warm, start_warmup_value=start)
+    s = CosineScheduler(base, final, total, warmup_iters=warm, start_warmup_value=start)
     for it in range(warm):
         assert s[it] == pytest.approx(start + (base - start) * it / (warm - 1))
     n = total - warm
@@ -31,7 +31,7 @@ def test_cosine_schedule_closed_form():
 
 
 def test_freeze_iters_give_zeros():
-    s = cosine_schedule(0.5, 0.0, 50, warmup_iters=5, start_warmup_value=0.1, freeze_iters=7)
+    s = CosineScheduler(0.5, 0.0, 50, warmup_iters=5, start_warmup_value=0.1, freeze_iters=7)
     assert all(s[i] == 0.0 for i in range(7))
     assert s[7] == pytest.approx(0.1) and s[11] == pytest.approx(0.5)
 
