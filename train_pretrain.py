@@ -28,7 +28,9 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "cpu_small.yaml"
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="recipe YAML (default: %(default)s)")
-    parser.add_argument("--set", nargs="+", default=[], metavar="SECTION.KEY=VALUE", help="recipe overrides")
+    parser.add_argument(
+        "--set", nargs="+", action="extend", default=[], metavar="SECTION.KEY=VALUE", help="recipe overrides (repeatable)"
+    )
     parser.add_argument(
         "--data", action="append", metavar="[KIND:]LOCATION[@WEIGHT]",
         help="data source (repeatable; replaces train.data_sources): Hub id, image/DICOM folder, parquet, .tar shards",
