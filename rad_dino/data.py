@@ -13,9 +13,15 @@ Source spec on the command line: `[kind:]location[@weight]`, kind one of hub, fo
 """
 
 import functools
+import glob
 import hashlib
+import io
+import itertools
 import logging
+import math
 import random
+import re
+import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import torch
+from datasets import Features, IterableDataset, Value, interleave_datasets, load_dataset
 from datasets import Image as ImageFeature
-from datasets import IterableDataset, interleave_datasets, load_dataset
 from datasets.distributed import split_dataset_by_node
 
 from image_processing_rad_dino import UnreadableImageError, read_image, to_uint8
@@ -35,6 +41,11 @@ SOURCE_KINDS = ("hub", "folder", "parquet", "webdataset")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom")
 # Column names that hold the image in Hub/parquet tables, and the per-extension columns of WebDataset samples.
 IMAGE_COLUMN_CANDIDATES = ("image", "img", "pixel_values", "dicom") + tuple(s.lstrip(".") for s in IMAGE_SUFFIXES)
+# What every source yields, so that sources of different kinds can be interleaved: the encoded image (file bytes
+# or a path, never decoded here) and a key naming the sample in logs.
+STREAM_FEATURES = Features({"image": {"bytes": Value("binary"), "path": Value("string")}, "key": Value("string")})
+# Tar members read from the first WebDataset shard to find how its samples name their image files.
+_WEBDATASET_SCAN_MEMBERS = 256
 
 
 @dataclass
@@ -76,7 +87,7 @@ def parse_source(spec: str) -> DataSource:
             weight = float(weight_text)
         except ValueError as error:
             raise ValueError(f"Bad weight in source {spec!r}: expected location@number") from error
-    if weight <= 0:
+    if not math.isfinite(weight) or weight <= 0:  # nan and inf would break the mixing probabilities
         raise ValueError(f"Source weight must be positive: {spec!r}")
     return DataSource(location=location, kind=kind, weight=weight)
 
@@ -86,39 +97,110 @@ def _folder_units(units: list[tuple[int, int]], shards: list[list[str]], seed: i
         files = list(shards[shard_index])
         random.Random(sample_seed(seed, epoch, shard_index)).shuffle(files)
         for path in files:
-            yield {"image": path, "key": path}
+            yield {"image": {"bytes": None, "path": path}, "key": path}
 
 
-def _open_folder(source: DataSource, seed: int, files_per_shard: int, epochs: int) -> IterableDataset:
+def _open_folder(
+    source: DataSource, seed: int, files_per_shard: int, epochs: int, world_size: int = 1
+) -> IterableDataset:
     """Files as `epochs` passes of (epoch, shard) units, each in a fresh seeded order.
 
     HF's shuffle buffer neither reshuffles between repeats nor resumes exactly; units do both: the stream state is
     a unit index plus a position inside it, and every epoch visits shards and files in a new, reproducible order.
+
+    The files are cut into equal shards of at most `files_per_shard` files, their number rounded up to a multiple
+    of `world_size` (when there are enough files): `split_dataset_by_node` then deals every epoch's shards out to
+    the ranks, so within an epoch the ranks read disjoint files that together cover the folder.
     """
     files = sorted(str(p) for p in Path(source.location).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise FileNotFoundError(f"No images ({', '.join(IMAGE_SUFFIXES)}) under {source.location}")
-    shards = [files[i : i + files_per_shard] for i in range(0, len(files), files_per_shard)]
+    n_shards = math.ceil(len(files) / files_per_shard)
+    if world_size > 1 and len(files) >= world_size:
+        n_shards = math.ceil(n_shards / world_size) * world_size
+        if n_shards > len(files):  # no empty shards
+            n_shards = len(files) // world_size * world_size
+    shards = [files[len(files) * i // n_shards : len(files) * (i + 1) // n_shards] for i in range(n_shards)]
     units = []
     for epoch in range(epochs):
         order = list(range(len(shards)))
         random.Random(sample_seed(seed, epoch)).shuffle(order)
         units += [(epoch, shard_index) for shard_index in order]
     generator = functools.partial(_folder_units, shards=shards, seed=seed)
-    return IterableDataset.from_generator(generator, gen_kwargs={"units": units})
+    return IterableDataset.from_generator(generator, features=STREAM_FEATURES, gen_kwargs={"units": units})
 
 
 def _image_columns(dataset: IterableDataset, source: DataSource) -> list[str]:
-    columns = list(dataset.features or {}) if dataset.features else []
+    columns = list(dataset.features)
     if source.image_column:
         if columns and source.image_column not in columns:
             raise ValueError(f"{source.location}: no column {source.image_column!r} (columns: {columns})")
         return [source.image_column]
     found = [c for c in columns if isinstance(dataset.features[c], ImageFeature)]
-    found += [c for c in columns if c.lower() in IMAGE_COLUMN_CANDIDATES and c not in found]
+    # By name; WebDataset fields by their last extension too (`image.png`, `PNG`).
+    found += [c for c in columns if c.rsplit(".", 1)[-1].lower() in IMAGE_COLUMN_CANDIDATES and c not in found]
     if not found:
         raise ValueError(f"{source.location}: no image column among {columns}; pass image_column")
     return found
+
+
+def _webdataset_field(member_name: str) -> str | None:
+    """The field of a tar member as WebDataset (and HF's builder) names it: all after the first dot of the name."""
+    match = re.match(r"^((?:.*/|)[^.]+)[.]([^/]*)$", member_name)
+    return match.group(2) if match else None
+
+
+def _webdataset_features(files: list[str], image_column: str | None) -> Features:
+    """An explicit schema for HF's WebDataset builder: `__key__`, `__url__` and every image field as raw bytes.
+
+    Left to itself the builder infers the schema from the first 5 samples of the first shard: it refuses shards
+    whose samples mix extensions (`.png` and `.jpg`), and silently drops fields those 5 samples lack (a `.dcm`
+    sample further on comes out with no image). With this schema, fields a sample lacks are None and other
+    fields (`.json`, `.cls`, ...) are dropped. Image fields are the usual suffixes, `image_column`, and the image
+    fields found among the first members of the first local shard (e.g. `image.png`, `PNG`).
+    """
+    fields = {suffix.lstrip(".") for suffix in IMAGE_SUFFIXES}
+    if image_column:
+        fields.add(image_column)
+    local = [p for f in files for p in (sorted(glob.glob(f)) if glob.has_magic(f) else [f]) if Path(p).is_file()]
+    if local:
+        try:
+            with tarfile.open(local[0]) as tar:
+                for member in itertools.islice(tar, _WEBDATASET_SCAN_MEMBERS):
+                    field = _webdataset_field(member.name) if member.isfile() else None
+                    if field and Path(f"x.{field}").suffix.lower() in IMAGE_SUFFIXES:
+                        fields.add(field)
+        except (OSError, tarfile.TarError) as error:
+            logger.warning("Cannot list %s to find its image fields: %s", local[0], error)
+    binary = {field: Value("binary") for field in sorted(fields)}
+    return Features({"__key__": Value("string"), "__url__": Value("string"), **binary})
+
+
+def _as_image_value(value) -> dict | None:
+    """A table cell as a `STREAM_FEATURES["image"]` value: `{"bytes", "path"}`, the file left encoded."""
+    if value is None or isinstance(value, dict):
+        return None if value is None else {"bytes": value.get("bytes"), "path": value.get("path")}
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"bytes": bytes(value), "path": None}
+    if isinstance(value, str):
+        return {"bytes": None, "path": value}
+    if isinstance(value, (PIL.Image.Image, np.ndarray, list)):  # decoded pixels: re-encode losslessly as TIFF
+        try:
+            if isinstance(value, PIL.Image.Image):
+                image = value
+            else:
+                array = np.asarray(value)
+                if array.dtype == bool or (array.dtype.kind in "iu" and array.dtype != np.uint8):
+                    array = array.astype(np.int32)  # TIFF mode I; read_image gives uint16 back where it fits
+                elif array.dtype.kind == "f":
+                    array = array.astype(np.float32)
+                image = PIL.Image.fromarray(array)
+            buffer = io.BytesIO()
+            image.save(buffer, format="TIFF")
+            return {"bytes": buffer.getvalue(), "path": None}
+        except (TypeError, ValueError, OSError) as error:
+            logger.warning("Cannot re-encode a decoded image of type %s: %s", type(value).__name__, error)
+    return None
 
 
 def _open_table(source: DataSource, kind: str) -> IterableDataset:
@@ -128,7 +210,10 @@ def _open_table(source: DataSource, kind: str) -> IterableDataset:
         path = Path(source.location)
         pattern = "*.parquet" if kind == "parquet" else "*.tar"
         files = sorted(str(p) for p in path.rglob(pattern)) if path.is_dir() else [source.location]
-        dataset = load_dataset(kind, data_files={"train": files}, split="train", streaming=True)
+        features = _webdataset_features(files, source.image_column) if kind == "webdataset" else None
+        dataset = load_dataset(kind, data_files={"train": files}, split="train", streaming=True, features=features)
+    if dataset.features is None:  # some builders (JSON, CSV) only know the columns once an example is read
+        dataset = dataset._resolve_features()
     columns = _image_columns(dataset, source)
     for column in columns:  # keep encoded bytes: our reader decodes (16-bit, DICOM) and reports failures
         if isinstance(dataset.features[column], ImageFeature):
@@ -136,21 +221,30 @@ def _open_table(source: DataSource, kind: str) -> IterableDataset:
     prefix = source.location
 
     def to_image_and_key(example: dict, index: int) -> dict:
-        value = next((example[c] for c in columns if example.get(c) is not None), None)
-        key = example.get("__key__") or (value.get("path") if isinstance(value, dict) else None) or f"{prefix}#{index}"
-        return {"image": value, "key": f"{prefix}/{key}" if "__key__" in example else key}
+        column = next((c for c in columns if example.get(c) is not None), None)
+        value = _as_image_value(example[column]) if column else None
+        if "__key__" in example:  # WebDataset: the member read, `shard.tar/key.ext`, unique across shards
+            key = f"{example.get('__url__') or prefix}/{example['__key__']}" + (f".{column}" if column else "")
+        else:
+            key = (value or {}).get("path") or f"{prefix}#{index}"
+        return {"image": value, "key": key}
 
-    return dataset.map(to_image_and_key, with_indices=True, remove_columns=list(dataset.features))
+    return dataset.map(
+        to_image_and_key, with_indices=True, remove_columns=list(dataset.features), features=STREAM_FEATURES
+    )
 
 
-def open_source(source: DataSource, seed: int = 0, files_per_shard: int = 64, epochs: int = 1) -> IterableDataset:
-    """A streaming dataset of `{"image": path | bytes | {"bytes", "path"} | PIL, "key": str}` for one source.
+def open_source(
+    source: DataSource, seed: int = 0, files_per_shard: int = 64, epochs: int = 1, world_size: int = 1
+) -> IterableDataset:
+    """A streaming dataset of `{"image": {"bytes", "path"}, "key": str}` (`STREAM_FEATURES`) for one source.
 
-    Folders come as `epochs` reshuffled passes; tables (Hub, parquet, WebDataset) as one pass in stored order.
+    Folders come as `epochs` reshuffled passes (their shard count a multiple of `world_size` where possible);
+    tables (Hub, parquet, WebDataset) as one pass in stored order. The image stays encoded (`decode_or_none`).
     """
     kind = source.resolved_kind()
     if kind == "folder":
-        return _open_folder(source, seed, files_per_shard, epochs)
+        return _open_folder(source, seed, files_per_shard, epochs, world_size)
     return _open_table(source, kind)
 
 
@@ -165,11 +259,16 @@ def build_stream(
     """Endless weighted mix of `sources`, this rank's part of it.
 
     `folder_epochs` reshuffled passes are laid out for folder sources (enough for the run; after them, and for
-    table sources after one pass, the stream repeats in the same order).
+    table sources after one pass, the stream repeats in the same order). HF splits the mix by shards when its
+    shard count (the smallest of its sources') is a multiple of `world_size`, and otherwise lets every rank read
+    the whole mix and keep every `world_size`-th example. Folder shard counts are rounded up to a multiple of
+    `world_size`, so that a folder alone is split by shards, each epoch dealt out to the ranks.
     """
     if not sources:
         raise ValueError("No data sources given")
-    streams = [open_source(source, seed, files_per_shard, folder_epochs).repeat(None) for source in sources]
+    streams = [
+        open_source(source, seed, files_per_shard, folder_epochs, world_size).repeat(None) for source in sources
+    ]
     if len(streams) == 1:
         stream = streams[0]
     else:
@@ -181,7 +280,8 @@ def build_stream(
 def decode_or_none(value, key: str) -> np.ndarray | None:
     """Decode one stream value to a grey `(H, W)` uint8 radiograph, or None (logged) if it is unreadable.
 
-    16-bit and DICOM inputs are min-max scaled to [0, 255] as RAD-DINO's preprocessing does; colour is averaged.
+    16-bit and DICOM inputs are min-max scaled to [0, 255] as RAD-DINO's preprocessing does; colour is averaged
+    (8-bit colour stays on its 8-bit scale, like 8-bit grey, and is not stretched).
     """
     try:
         if isinstance(value, dict):
@@ -195,7 +295,8 @@ def decode_or_none(value, key: str) -> np.ndarray | None:
         logger.warning("Skipping unreadable sample %s: %s", key, error)
         return None
     if array.ndim == 3:
-        array = array.mean(axis=-1)
+        grey = array.mean(axis=-1)
+        array = np.rint(grey).astype(np.uint8) if array.dtype == np.uint8 else grey
     return array if array.dtype == np.uint8 else to_uint8(array)
 
 

@@ -51,13 +51,15 @@ def training_section(recipe: RecipeConfig, summary: dict) -> str:
 def export_teacher(
     teacher: SelfDistillationNetwork, output_dir: str | Path, recipe: RecipeConfig, summary: dict
 ) -> Path:
-    """Write the teacher backbone (release format), its DINO head, a processor and a filled-in model card."""
+    """Write the teacher backbone (release format), its DINO head, a processor and a filled-in model card.
+
+    The processor resizes and crops to the global crop size of the run (position embeddings interpolate)."""
     output_dir = Path(output_dir)
     backbone = teacher.backbone
     backbone.config.drop_path_rate = 0.0
     backbone.save_pretrained(output_dir)
     save_dino_head(teacher.dino_head, output_dir / DINO_HEAD_FILENAME)
-    size = backbone.config.image_size
+    size = recipe.crops.global_crops_size  # the resolution it was last trained at (518 after RAD-DINO's stage 2)
     RadDinoImageProcessor(
         size={"shortest_edge": size}, crop_size={"height": size, "width": size}, image_mean=[recipe.crops.mean] * 3,
         image_std=[recipe.crops.std] * 3,

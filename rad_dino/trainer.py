@@ -34,6 +34,7 @@ from rad_dino.ssl_model import SelfDistillationObjective, build_student_teacher,
 logger = logging.getLogger(__name__)
 
 METRICS_FILENAME = "metrics.jsonl"
+TENSORBOARD_DIRNAME = "tensorboard"
 CURVES_FILENAME = "loss_curves.png"
 
 
@@ -96,6 +97,15 @@ def _launched_without_accelerator() -> bool:
     return several and not (torch.cuda.is_available() or has_xpu)
 
 
+def _tensorboard_writer(folder: Path):
+    """A TensorBoard writer when the `tensorboard` package is installed, else None (metrics.jsonl has it all)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(folder))
+
+
 def _all_finite(module: torch.nn.Module) -> bool:
     return all(torch.isfinite(p).all() for p in module.parameters())
 
@@ -151,6 +161,8 @@ class Pretrainer:
         self.schedules = build_schedules(recipe)
         self.stop_at = min(recipe.total_iterations, recipe.train.max_iterations or recipe.total_iterations)
         self.checkpoint_root = self.output_dir / "checkpoints"
+        is_main = self.accelerator.is_main_process
+        self.tensorboard = _tensorboard_writer(self.output_dir / TENSORBOARD_DIRNAME) if is_main else None
 
     # -- state ----------------------------------------------------------------------------------------------
 
@@ -291,6 +303,10 @@ class Pretrainer:
             return
         with open(metrics_path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(values) + "\n")
+        if self.tensorboard is not None:
+            for name, value in values.items():
+                if name != "step":
+                    self.tensorboard.add_scalar(name, value, values["step"])
         logger.info(
             "it %d | loss %.4f (dino %.4f ibot %.4f koleo %.4f) | lr %.2e wd %.3f mom %.4f T %.3f | %.1f img/s",
             values["step"], values["loss/total"], values["loss/dino"], values["loss/ibot"], values["loss/koleo"],
@@ -326,6 +342,8 @@ class Pretrainer:
             (self.output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
             if self.options.push_to_hub:
                 push_to_hub(export_dir, self.options.push_to_hub)
+        if self.tensorboard is not None:
+            self.tensorboard.close()
         accelerator.wait_for_everyone()
         accelerator.end_training()
         return summary

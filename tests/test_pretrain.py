@@ -85,6 +85,13 @@ def test_export_loads_as_plain_dinov2(tmp_path, images):
     assert (tmp_path / "run" / "loss_curves.png").exists()
 
 
+def test_gradient_accumulation_steps_once_per_window(tmp_path, images):
+    summary = run(write_recipe(tmp_path, images, gradient_accumulation_steps=2), "--set", "train.max_iterations=2")
+    assert summary["step"] == 2 and summary["images_seen"] == 2 * 2 * 4  # steps x micro-batches x batch
+    recipe = yaml.safe_load((tmp_path / "run" / "recipe.yaml").read_text())
+    assert recipe["train"]["gradient_accumulation_steps"] == 2
+
+
 def test_corrupt_samples_are_skipped_and_counted(tmp_path, images):
     (images / "empty.png").write_bytes(b"")
     (images / "notes.png").write_text("not an image")
