@@ -70,8 +70,15 @@ _EIGHT_BIT_PIL_MODES = {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", 
 _DICOM_DECODER_HINTS = (
     # JPEG 2000 (lossless / lossy / multi-component) and High-Throughput JPEG 2000
     (
-        ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.92", "1.2.840.10008.1.2.4.93",
-         "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"),
+        (
+            "1.2.840.10008.1.2.4.90",
+            "1.2.840.10008.1.2.4.91",
+            "1.2.840.10008.1.2.4.92",
+            "1.2.840.10008.1.2.4.93",
+            "1.2.840.10008.1.2.4.201",
+            "1.2.840.10008.1.2.4.202",
+            "1.2.840.10008.1.2.4.203",
+        ),
         "pip install pylibjpeg pylibjpeg-openjpeg",
     ),
     # JPEG-LS lossless / near-lossless
@@ -125,9 +132,7 @@ def _describe(source: Any, name: str | None) -> str:
 
 def _is_dicom_dataset(obj: Any) -> bool:
     """True for a ``pydicom.Dataset`` (checked without importing pydicom)."""
-    return any(
-        cls.__name__ == "Dataset" and cls.__module__.startswith("pydicom") for cls in type(obj).__mro__
-    )
+    return any(cls.__name__ == "Dataset" and cls.__module__.startswith("pydicom") for cls in type(obj).__mro__)
 
 
 def _import_pydicom(label: str):
@@ -349,7 +354,7 @@ def read_image(source: Any, name: str | None = None) -> np.ndarray:
         data = bytes(source)
         if not data:
             raise UnreadableImageError(f"{label}: empty input (0 bytes)")
-        if data[_DICOM_MAGIC_OFFSET:_DICOM_MAGIC_OFFSET + 4] == _DICOM_MAGIC or (
+        if data[_DICOM_MAGIC_OFFSET : _DICOM_MAGIC_OFFSET + 4] == _DICOM_MAGIC or (
             name is not None and str(name).lower().endswith(".dcm")
         ):
             return _check_size(_read_dicom_source(data, label), label)

@@ -61,14 +61,18 @@ def run_features(args: argparse.Namespace) -> None:
         "patch_shape": list(features["patch"].shape),
     }
     (output / "summary.json").write_text(json.dumps(summary, indent=2))
-    logger.info("Features: %s; picture: %s; %.2f images/s", output / "features.safetensors", picture, len(files) / seconds)
+    logger.info(
+        "Features: %s; picture: %s; %.2f images/s", output / "features.safetensors", picture, len(files) / seconds
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     features = commands.add_parser("features", help="encode images; save features and a patch-PCA picture")
-    features.add_argument("--images", default=str(SAMPLE_IMAGES), help="folder of images/DICOM (default: embedded sample)")
+    features.add_argument(
+        "--images", default=str(SAMPLE_IMAGES), help="folder of images/DICOM (default: embedded sample)"
+    )
     features.add_argument(
         "--model",
         default=RELEASED_MODEL_ID,

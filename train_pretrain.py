@@ -29,10 +29,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="recipe YAML (default: %(default)s)")
     parser.add_argument(
-        "--set", nargs="+", action="extend", default=[], metavar="SECTION.KEY=VALUE", help="recipe overrides (repeatable)"
+        "--set",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="recipe overrides (repeatable)",
     )
     parser.add_argument(
-        "--data", action="append", metavar="[KIND:]LOCATION[@WEIGHT]",
+        "--data",
+        action="append",
+        metavar="[KIND:]LOCATION[@WEIGHT]",
         help="data source (repeatable; replaces train.data_sources): Hub id, image/DICOM folder, parquet, .tar shards",
     )
     parser.add_argument("--output-dir", help="replaces train.output_dir")

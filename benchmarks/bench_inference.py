@@ -319,16 +319,41 @@ def parse_args(argv=None):
 
 
 def format_table(rows: list[dict]) -> str:
-    headers = ["model", "attn", "batch", "variant", "images/s", "ms/image", "vs HF", "max |Δ| vs HF fp32 sdpa",
-               "GFLOP/s", "% fp32 peak", "notes"]
+    headers = [
+        "model",
+        "attn",
+        "batch",
+        "variant",
+        "images/s",
+        "ms/image",
+        "vs HF",
+        "max |Δ| vs HF fp32 sdpa",
+        "GFLOP/s",
+        "% fp32 peak",
+        "notes",
+    ]
     lines = []
     for row in rows:
         if row["status"] != "ok":
-            cells = [row["model"], row["attn"], str(row["batch"]), row["variant"], "-", "-", "-", "-", "-", "-",
-                     row["status"]]
+            cells = [
+                row["model"],
+                row["attn"],
+                str(row["batch"]),
+                row["variant"],
+                "-",
+                "-",
+                "-",
+                "-",
+                "-",
+                "-",
+                row["status"],
+            ]
         else:
             cells = [
-                row["model"], row["attn"], str(row["batch"]), row["variant"],
+                row["model"],
+                row["attn"],
+                str(row["batch"]),
+                row["variant"],
                 f"{row['images_per_s']:.3f}" if row["images_per_s"] < 10 else f"{row['images_per_s']:.1f}",
                 f"{row['ms_per_image']:.1f}" if row["ms_per_image"] >= 10 else f"{row['ms_per_image']:.3f}",
                 f"{row['ratio_vs_hf']:.2f}×" if row["ratio_vs_hf"] is not None else "-",
@@ -342,11 +367,15 @@ def format_table(rows: list[dict]) -> str:
     right = {"batch", "images/s", "ms/image", "vs HF", "max |Δ| vs HF fp32 sdpa", "GFLOP/s", "% fp32 peak"}
 
     def fmt(cells):
-        return "| " + " | ".join(c.rjust(w) if h in right else c.ljust(w)
-                                 for c, w, h in zip(cells, widths, headers)) + " |"
+        return (
+            "| "
+            + " | ".join(c.rjust(w) if h in right else c.ljust(w) for c, w, h in zip(cells, widths, headers))
+            + " |"
+        )
 
-    sep = "|" + "|".join(("-" * (w + 1) + ":") if h in right else ("-" * (w + 2))
-                         for w, h in zip(widths, headers)) + "|"
+    sep = (
+        "|" + "|".join(("-" * (w + 1) + ":") if h in right else ("-" * (w + 2)) for w, h in zip(widths, headers)) + "|"
+    )
     return "\n".join([fmt(headers), sep, *(fmt(c) for c in lines)])
 
 
@@ -360,21 +389,29 @@ def main(argv=None) -> int:
     machine = cpu_info()
     print("# RAD-DINO inference benchmark (CPU)")
     print(f"date (local clock): {datetime.datetime.now().isoformat(timespec='seconds')}")
-    print(f"CPU: {machine['cpu_model']} | logical CPUs {machine['logical_cpus']} (usable {machine['usable_cpus']})"
-          f" | torch threads {machine['num_threads']} | torch CPU capability {machine['torch_cpu_capability']}")
+    print(
+        f"CPU: {machine['cpu_model']} | logical CPUs {machine['logical_cpus']} (usable {machine['usable_cpus']})"
+        f" | torch threads {machine['num_threads']} | torch CPU capability {machine['torch_cpu_capability']}"
+    )
     print("flags: " + ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in machine["flags"].items()))
-    print(f"python {machine['python']} | torch {machine['torch']} | transformers {machine['transformers']}"
-          f" | mkldnn {machine['mkldnn_available']} | loadavg at start {machine['loadavg_start']}")
-    print(f"config: {'QUICK tiny' if args.quick else 'full-size RAD-DINO'} | image {image_size} px | patch "
-          f"{config.patch_size} | hidden {config.hidden_size} | layers {config.num_hidden_layers} | heads "
-          f"{config.num_attention_heads} | repeats {args.repeats} | warmup {args.warmup}")
+    print(
+        f"python {machine['python']} | torch {machine['torch']} | transformers {machine['transformers']}"
+        f" | mkldnn {machine['mkldnn_available']} | loadavg at start {machine['loadavg_start']}"
+    )
+    print(
+        f"config: {'QUICK tiny' if args.quick else 'full-size RAD-DINO'} | image {image_size} px | patch "
+        f"{config.patch_size} | hidden {config.hidden_size} | layers {config.num_hidden_layers} | heads "
+        f"{config.num_attention_heads} | repeats {args.repeats} | warmup {args.warmup}"
+    )
 
     flops = analytic_flops_per_image(config, image_size)
     gflop = flops["total"] / 1e9
-    print(f"analytic FLOPs/image: {gflop:.4g} GFLOP (N={flops['tokens']} tokens; patch-embed "
-          f"{flops['patch_embed'] / 1e9:.2f} + {config.num_hidden_layers} layers x {flops['per_layer_total'] / 1e9:.2f}"
-          f" [qkv {flops['per_layer']['qkv'] / 1e9:.2f}, proj {flops['per_layer']['attn_proj'] / 1e9:.2f}, mlp "
-          f"{flops['per_layer']['mlp'] / 1e9:.2f}, QK^T+AV {flops['per_layer']['attention_scores_and_values'] / 1e9:.2f}])")
+    print(
+        f"analytic FLOPs/image: {gflop:.4g} GFLOP (N={flops['tokens']} tokens; patch-embed "
+        f"{flops['patch_embed'] / 1e9:.2f} + {config.num_hidden_layers} layers x {flops['per_layer_total'] / 1e9:.2f}"
+        f" [qkv {flops['per_layer']['qkv'] / 1e9:.2f}, proj {flops['per_layer']['attn_proj'] / 1e9:.2f}, mlp "
+        f"{flops['per_layer']['mlp'] / 1e9:.2f}, QK^T+AV {flops['per_layer']['attention_scores_and_values'] / 1e9:.2f}])"
+    )
 
     native_bf16 = machine["flags"]["avx512_bf16"] or machine["flags"]["amx_bf16"]
     peaks: dict[str, list] = {"fp32": [], "bf16": []}
@@ -388,10 +425,16 @@ def main(argv=None) -> int:
                 print(f"{when}: {name} matmul failed ({type(error).__name__}: {error})")
                 continue
             peaks[name].append({"when": when, "median": median, "best": best})
-        print(f"matmul peak at {when} ({args.peak_size}^2 torch.mm, {args.peak_repeats} runs, median [best]): "
-              + " | ".join(f"{name} {p[-1]['median']:.1f} [{p[-1]['best']:.1f}] GFLOP/s" for name, p in peaks.items()
-                           if p and p[-1]["when"] == when)
-              + (" (bf16: native avx512_bf16/amx)" if native_bf16 else " (bf16: no native bf16 flag)"), flush=True)
+        print(
+            f"matmul peak at {when} ({args.peak_size}^2 torch.mm, {args.peak_repeats} runs, median [best]): "
+            + " | ".join(
+                f"{name} {p[-1]['median']:.1f} [{p[-1]['best']:.1f}] GFLOP/s"
+                for name, p in peaks.items()
+                if p and p[-1]["when"] == when
+            )
+            + (" (bf16: native avx512_bf16/amx)" if native_bf16 else " (bf16: no native bf16 flag)"),
+            flush=True,
+        )
 
     measure_peaks("start")
     print(flush=True)
@@ -446,8 +489,11 @@ def main(argv=None) -> int:
             baseline_seconds_paired=result.get("baseline_seconds"),
             notes="; ".join(notes),
         )
-        print(f"  {kind} {attn} b={batch} {variant}: {row['ms_per_image']:.1f} ms/image, "
-              f"max|Δ| {row['max_abs_diff']:.2e}", flush=True)
+        print(
+            f"  {kind} {attn} b={batch} {variant}: {row['ms_per_image']:.1f} ms/image, "
+            f"max|Δ| {row['max_abs_diff']:.2e}",
+            flush=True,
+        )
         rows.append(row)
         return row
 
@@ -459,8 +505,10 @@ def main(argv=None) -> int:
             "RadDinoModel": build_model("RadDinoModel", attn, config, state_dict),
         }
         for batch in args.batch_sizes:
-            print(f"[{time.time() - started:6.0f}s] fp32 attn={attn} batch={batch} (HF and RadDino alternating)",
-                  flush=True)
+            print(
+                f"[{time.time() - started:6.0f}s] fp32 attn={attn} batch={batch} (HF and RadDino alternating)",
+                flush=True,
+            )
             x = inputs[batch]
             outputs, times = {}, {kind: [] for kind in pair}
             with torch.inference_mode():
@@ -477,8 +525,18 @@ def main(argv=None) -> int:
                 references[batch] = outputs["HF Dinov2Model"]
             baselines[(attn, batch)] = statistics.median(times["HF Dinov2Model"])
             for kind in pair:
-                record(kind, attn, batch, "fp32", {"status": "ok", "seconds": statistics.median(times[kind]),
-                                                     "times": times[kind], "last_hidden": outputs[kind]})
+                record(
+                    kind,
+                    attn,
+                    batch,
+                    "fp32",
+                    {
+                        "status": "ok",
+                        "seconds": statistics.median(times[kind]),
+                        "times": times[kind],
+                        "last_hidden": outputs[kind],
+                    },
+                )
         del pair
         gc.collect()
 
@@ -489,8 +547,11 @@ def main(argv=None) -> int:
         baseline_model = build_model("Dinov2Model", args.variant_attention, config, state_dict)
         for variant in args.variants:
             for batch in args.variant_batch_sizes:
-                print(f"[{time.time() - started:6.0f}s] RadDinoModel attn={args.variant_attention} batch={batch} "
-                      f"variant={variant}", flush=True)
+                print(
+                    f"[{time.time() - started:6.0f}s] RadDinoModel attn={args.variant_attention} batch={batch} "
+                    f"variant={variant}",
+                    flush=True,
+                )
                 result = run_row(model, inputs[batch], variant, args, baseline_model=baseline_model)
                 record("RadDinoModel", args.variant_attention, batch, variant, result)
         del model, baseline_model
@@ -499,8 +560,9 @@ def main(argv=None) -> int:
     # table order: per batch, baselines then RadDino, then variants
     order = {"fp32": 0, **{v: i + 1 for i, v in enumerate(ALL_VARIANTS)}}
     attn_order = {a: i for i, a in enumerate(args.attentions)}
-    rows.sort(key=lambda r: (r["batch"], order[r["variant"]], attn_order.get(r["attn"], 9),
-                             r["model"] != "HF Dinov2Model"))
+    rows.sort(
+        key=lambda r: (r["batch"], order[r["variant"]], attn_order.get(r["attn"], 9), r["model"] != "HF Dinov2Model")
+    )
 
     measure_peaks("end")
     peak_fp32 = max(p["best"] for p in peaks["fp32"])
@@ -516,11 +578,13 @@ def main(argv=None) -> int:
     print()
     print(format_table(rows))
     print()
-    print(f"vs HF = median time of HF Dinov2Model (same attention, same batch, fp32; timed alternately with the "
-          f"row's own runs) / median time of the row; max |Δ| on "
-          f"last_hidden_state vs HF Dinov2Model fp32 sdpa on the same input; GFLOP/s from {gflop:.4g} GFLOP/image "
-          f"(analytic); % fp32 peak = GFLOP/s / {peak_fp32:.1f} GFLOP/s, the fastest fp32 {args.peak_size}^2 "
-          f"torch.mm of this run" + (f" (bf16: {peak_bf16:.1f} GFLOP/s)." if peak_bf16 else "."))
+    print(
+        f"vs HF = median time of HF Dinov2Model (same attention, same batch, fp32; timed alternately with the "
+        f"row's own runs) / median time of the row; max |Δ| on "
+        f"last_hidden_state vs HF Dinov2Model fp32 sdpa on the same input; GFLOP/s from {gflop:.4g} GFLOP/image "
+        f"(analytic); % fp32 peak = GFLOP/s / {peak_fp32:.1f} GFLOP/s, the fastest fp32 {args.peak_size}^2 "
+        f"torch.mm of this run" + (f" (bf16: {peak_bf16:.1f} GFLOP/s)." if peak_bf16 else ".")
+    )
     print(f"total wall time {total:.0f} s; loadavg at end {os.getloadavg()}")
 
     if args.output_json:
@@ -530,8 +594,7 @@ def main(argv=None) -> int:
             "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
             "image_size": image_size,
             "flops_per_image": flops,
-            "peak_gflops": {"fp32": peak_fp32, "bf16": peak_bf16, "matmul_size": args.peak_size,
-                            "measurements": peaks},
+            "peak_gflops": {"fp32": peak_fp32, "bf16": peak_bf16, "matmul_size": args.peak_size, "measurements": peaks},
             "rows": rows,
             "total_seconds": total,
         }

@@ -27,20 +27,32 @@ sys.path.insert(0, str(REPO))
 CONFIGS = {
     "ViT-small/14 (cpu_small)": ["--config", str(REPO / "configs" / "cpu_small.yaml")],
     "ViT-B/14 (DINOv2 ViT-B)": [
-        "--config", "",
-        "--set", "student.pretrained=random", "student.drop_path_rate=0.1",
+        "--config",
+        "",
+        "--set",
+        "student.pretrained=random",
+        "student.drop_path_rate=0.1",
     ],
     "tiny (smoke)": [
-        "--config", str(REPO / "configs" / "cpu_small.yaml"),
-        "--set", "student.hidden_size=32", "student.num_hidden_layers=2", "student.num_attention_heads=2",
-        "crops.global_crops_size=56", "crops.local_crops_size=28", "crops.local_crops_number=2",
-        "dino.head_n_prototypes=64", "ibot.head_n_prototypes=64",
+        "--config",
+        str(REPO / "configs" / "cpu_small.yaml"),
+        "--set",
+        "student.hidden_size=32",
+        "student.num_hidden_layers=2",
+        "student.num_attention_heads=2",
+        "crops.global_crops_size=56",
+        "crops.local_crops_size=28",
+        "crops.local_crops_number=2",
+        "dino.head_n_prototypes=64",
+        "ibot.head_n_prototypes=64",
     ],
 }
 
 
 def cpu_description() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    model = next(
+        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?"
+    )
     flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")), [])
     wanted = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
     return f"{model}, {os.cpu_count()} logical CPUs, flags {' '.join(wanted)}, {platform.python_version()}"
@@ -56,8 +68,13 @@ def measure(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     cli = train_pretrain.build_parser().parse_args(
         [*json.loads(args.config_args), "--data", args.images, "--output-dir", tempfile.mkdtemp()]
-        + ["--set", f"train.batch_size_per_gpu={args.batch}", f"train.mixed_precision={args.precision}",
-           "train.log_every=1000000", "train.checkpoint_every=1000000"]
+        + [
+            "--set",
+            f"train.batch_size_per_gpu={args.batch}",
+            f"train.mixed_precision={args.precision}",
+            "train.log_every=1000000",
+            "train.checkpoint_every=1000000",
+        ]
     )
     recipe = train_pretrain.resolve_recipe(cli)
     trainer = Pretrainer(recipe, RunOptions(resume="never", progress=False))
@@ -65,9 +82,12 @@ def measure(args: argparse.Namespace) -> dict:
     crops = recipe.crops
     generator = torch.Generator().manual_seed(0)
     batch = {
-        "global_crops": torch.randn(2, args.batch, 3, crops.global_crops_size, crops.global_crops_size, generator=generator),
-        "local_crops": torch.randn(crops.local_crops_number, args.batch, 3, crops.local_crops_size, crops.local_crops_size,
-                                   generator=generator),
+        "global_crops": torch.randn(
+            2, args.batch, 3, crops.global_crops_size, crops.global_crops_size, generator=generator
+        ),
+        "local_crops": torch.randn(
+            crops.local_crops_number, args.batch, 3, crops.local_crops_size, crops.local_crops_size, generator=generator
+        ),
     }
     for _ in range(args.warmup):
         trainer.train_step(batch)
@@ -102,8 +122,11 @@ def measure(args: argparse.Namespace) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", default=str(REPO.parent / "shared" / "data" / "pediatric-pneumonia" / "train"),
-                        help="real radiographs for the pipeline (default: shared pediatric set)")
+    parser.add_argument(
+        "--images",
+        default=str(REPO.parent / "shared" / "data" / "pediatric-pneumonia" / "train"),
+        help="real radiographs for the pipeline (default: shared pediatric set)",
+    )
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
@@ -125,30 +148,53 @@ def main() -> None:
         args.configs, args.steps, args.pipeline_images, args.precisions = ["tiny (smoke)"], 2, 16, ["no"]
         args.images = str(REPO / "data" / "sample" / "images")
 
-    print(f"# bench_pretrain on {cpu_description()}; batch {args.batch}, {args.threads} threads, median of "
-          f"{args.steps} steps after {args.warmup} warm-up")
+    print(
+        f"# bench_pretrain on {cpu_description()}; batch {args.batch}, {args.threads} threads, median of "
+        f"{args.steps} steps after {args.warmup} warm-up"
+    )
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     rows = []
     for name in args.configs:
         for precision in args.precisions:
             command = [
-                sys.executable, __file__, "--single", name, "--config-args", json.dumps(CONFIGS[name]),
-                "--precision", precision, "--images", args.images, "--batch", str(args.batch),
-                "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads),
-                "--pipeline-images", str(args.pipeline_images), "--workers", *map(str, args.workers),
+                sys.executable,
+                __file__,
+                "--single",
+                name,
+                "--config-args",
+                json.dumps(CONFIGS[name]),
+                "--precision",
+                precision,
+                "--images",
+                args.images,
+                "--batch",
+                str(args.batch),
+                "--steps",
+                str(args.steps),
+                "--warmup",
+                str(args.warmup),
+                "--threads",
+                str(args.threads),
+                "--pipeline-images",
+                str(args.pipeline_images),
+                "--workers",
+                *map(str, args.workers),
             ]
             result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
-            line = next((l for l in result.stdout.splitlines() if l.startswith("RESULT ")), None)
+            line = next((out for out in result.stdout.splitlines() if out.startswith("RESULT ")), None)
             if line is None:
                 rows.append({"config": name, "precision": precision, "error": result.stderr.strip().splitlines()[-1]})
                 continue
-            result = json.loads(line[len("RESULT "):])
+            result = json.loads(line[len("RESULT ") :])
             result["pipeline_images_per_second"] = {int(w): v for w, v in result["pipeline_images_per_second"].items()}
             rows.append({"config": name, "precision": precision, **result})
 
     workers = args.workers
-    header = ("| model | crops | precision | params (M) | train img/s | s/step | peak RSS (GB) | "
-              + " | ".join(f"pipeline img/s ({w} workers)" for w in workers) + " | pipeline ÷ train (best) |")
+    header = (
+        "| model | crops | precision | params (M) | train img/s | s/step | peak RSS (GB) | "
+        + " | ".join(f"pipeline img/s ({w} workers)" for w in workers)
+        + " | pipeline ÷ train (best) |"
+    )
     print(header)
     print("|" + "---|" * (8 + len(workers)))
     for row in rows:
@@ -157,10 +203,12 @@ def main() -> None:
             continue
         pipe = row["pipeline_images_per_second"]
         best = max(pipe.values())
-        print(f"| {row['config']} | {row['crops']} | {row['precision']} | {row['student_parameters_m']:.1f} | "
-              f"{row['train_images_per_second']:.2f} | {row['step_seconds']:.2f} | {row['peak_rss_gb']:.2f} | "
-              + " | ".join(f"{pipe[w]:.1f}" for w in workers)
-              + f" | {best / row['train_images_per_second']:.1f}× |")
+        print(
+            f"| {row['config']} | {row['crops']} | {row['precision']} | {row['student_parameters_m']:.1f} | "
+            f"{row['train_images_per_second']:.2f} | {row['step_seconds']:.2f} | {row['peak_rss_gb']:.2f} | "
+            + " | ".join(f"{pipe[w]:.1f}" for w in workers)
+            + f" | {best / row['train_images_per_second']:.1f}× |"
+        )
     if args.output_json:
         Path(args.output_json).write_text(json.dumps(rows, indent=2))
 

@@ -102,7 +102,11 @@ def main() -> None:
         features = probe_features(model, processor, files)
         seconds = time.perf_counter() - started
         results[name] = linear_probe(
-            features[train_index], labels[train_index], patients[train_index], features[val_index], labels[val_index],
+            features[train_index],
+            labels[train_index],
+            patients[train_index],
+            features[val_index],
+            labels[val_index],
             seed=args.seed,
         )
         results[name]["features_per_second"] = len(files) / seconds

@@ -5,7 +5,8 @@ DINOv2 names) and `dino_head.safetensors` (the DINO head, original names with we
 Every rename is an explicit table entry; the only non-rename is the fused `attn.qkv` split into q/k/v.
 
 Command line:
-    python -m rad_dino.convert to-hf --backbone backbone_compatible.safetensors [--dino-head dino_head.safetensors] --output DIR
+    python -m rad_dino.convert to-hf --backbone backbone_compatible.safetensors \
+        [--dino-head dino_head.safetensors] --output DIR
     python -m rad_dino.convert to-original --model DIR --output DIR
 """
 

@@ -61,7 +61,9 @@ def export_teacher(
     save_dino_head(teacher.dino_head, output_dir / DINO_HEAD_FILENAME)
     size = recipe.crops.global_crops_size  # the resolution it was last trained at (518 after RAD-DINO's stage 2)
     RadDinoImageProcessor(
-        size={"shortest_edge": size}, crop_size={"height": size, "width": size}, image_mean=[recipe.crops.mean] * 3,
+        size={"shortest_edge": size},
+        crop_size={"height": size, "width": size},
+        image_mean=[recipe.crops.mean] * 3,
         image_std=[recipe.crops.std] * 3,
     ).save_pretrained(output_dir)
     card = MODEL_CARD_TEMPLATE.read_text(encoding="utf-8").rstrip() + "\n\n" + training_section(recipe, summary)

@@ -18,9 +18,7 @@ RANDOM_INIT = "random"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom"}
 
 
-def load_encoder(
-    name_or_path: str, random_fallback: bool = False
-) -> tuple[RadDinoModel, RadDinoImageProcessor, str]:
+def load_encoder(name_or_path: str, random_fallback: bool = False) -> tuple[RadDinoModel, RadDinoImageProcessor, str]:
     """Load an encoder and its processor from a Hub id or directory, or build a random full-size one.
 
     `name_or_path="random"` builds a randomly initialised RAD-DINO. With `random_fallback`, a Hub id that cannot be

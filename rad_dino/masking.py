@@ -161,8 +161,9 @@ def sample_batch_masks(
     return torch.stack(masks_list).flatten(1)
 
 
-def masks_upperbound(batch_size: int, num_tokens: int, mask_probability: float = 0.5,
-                     mask_ratio_range: tuple[float, float] = (0.1, 0.5)) -> int:
+def masks_upperbound(
+    batch_size: int, num_tokens: int, mask_probability: float = 0.5, mask_ratio_range: tuple[float, float] = (0.1, 0.5)
+) -> int:
     """DINOv2's ``upperbound``: a static bound on the total masked patches of a batch (for padding buffers).
 
     ``sum_i int(N * p_{i+1})`` over the masked images (see :func:`sample_batch_masks`).

@@ -33,12 +33,18 @@ class SelfDistillationNetwork(nn.Module):
         self.backbone = backbone
         dim = backbone.config.hidden_size
         self.dino_head = DinoHead(
-            dim, recipe.dino.head_n_prototypes, recipe.dino.head_hidden_dim, recipe.dino.head_bottleneck_dim,
+            dim,
+            recipe.dino.head_n_prototypes,
+            recipe.dino.head_hidden_dim,
+            recipe.dino.head_bottleneck_dim,
             recipe.dino.head_nlayers,
         )
         self.ibot_head = (
             DinoHead(
-                dim, recipe.ibot.head_n_prototypes, recipe.ibot.head_hidden_dim, recipe.ibot.head_bottleneck_dim,
+                dim,
+                recipe.ibot.head_n_prototypes,
+                recipe.ibot.head_hidden_dim,
+                recipe.ibot.head_bottleneck_dim,
                 recipe.ibot.head_nlayers,
             )
             if recipe.ibot.separate_head
@@ -220,7 +226,9 @@ def initial_backbone(recipe: RecipeConfig) -> tuple[RadDinoModel, DinoHead | Non
     else:
         backbone = RadDinoModel.from_pretrained(student.pretrained)
     if backbone.config.patch_size != student.patch_size:
-        raise ValueError(f"{student.pretrained} has patch size {backbone.config.patch_size}, recipe says {student.patch_size}")
+        raise ValueError(
+            f"{student.pretrained} has patch size {backbone.config.patch_size}, recipe says {student.patch_size}"
+        )
     head = None
     if student.dino_head:
         head_config = copy.deepcopy(backbone.config)

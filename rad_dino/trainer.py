@@ -127,7 +127,9 @@ class Pretrainer:
         recipe.train.world_size = self.accelerator.num_processes
         logger.info(
             "%d process(es), %s on %s, mixed precision %s",
-            self.accelerator.num_processes, self.accelerator.distributed_type.value, self.accelerator.device,
+            self.accelerator.num_processes,
+            self.accelerator.distributed_type.value,
+            self.accelerator.device,
             self.accelerator.mixed_precision,
         )
         self.recipe = recipe
@@ -184,7 +186,9 @@ class Pretrainer:
             raise NonFiniteLossError("Refusing to checkpoint non-finite weights")
         self.state.dataloader_state = self.dataloader.state_dict()
         self.state.mask_rng_state = self.mask_rng.getstate()
-        return save_checkpoint(self.accelerator, self.checkpoint_root, self.state.step, self.recipe.train.keep_checkpoints)
+        return save_checkpoint(
+            self.accelerator, self.checkpoint_root, self.state.step, self.recipe.train.keep_checkpoints
+        )
 
     # -- one step -------------------------------------------------------------------------------------------
 
@@ -201,7 +205,10 @@ class Pretrainer:
         n_global, batch_size = global_crops.shape[:2]
         grid = global_crops.shape[-1] // recipe.student.patch_size
         masks = sample_batch_masks(
-            n_global * batch_size, (grid, grid), recipe.ibot.mask_sample_probability, recipe.ibot.mask_ratio_min_max,
+            n_global * batch_size,
+            (grid, grid),
+            recipe.ibot.mask_sample_probability,
+            recipe.ibot.mask_ratio_min_max,
             generator=self.mask_rng,
         ).to(device)
         lr = self.schedules["lr"][iteration]
@@ -229,7 +236,9 @@ class Pretrainer:
             self.consecutive_nan += 1
             logger.warning(
                 "Non-finite loss or gradient at iteration %d (%d in a row, %d in all): step skipped",
-                iteration, self.consecutive_nan, self.state.skipped_nan_steps,
+                iteration,
+                self.consecutive_nan,
+                self.state.skipped_nan_steps,
             )
             if self.consecutive_nan >= recipe.train.max_consecutive_nan:
                 raise NonFiniteLossError(
@@ -245,7 +254,11 @@ class Pretrainer:
         self.state.step += 1
         return {
             **{f"loss/{name}": value for name, value in terms.as_floats().items()},
-            "lr": lr, "wd": wd, "momentum": momentum, "teacher_temp": teacher_temp, "grad_norm": grad_norm,
+            "lr": lr,
+            "wd": wd,
+            "momentum": momentum,
+            "teacher_temp": teacher_temp,
+            "grad_norm": grad_norm,
         }
 
     # -- the run --------------------------------------------------------------------------------------------
@@ -261,7 +274,10 @@ class Pretrainer:
         started = time.perf_counter()
         window_start, window_images = started, 0
         progress = tqdm(
-            total=self.stop_at, initial=self.state.step, desc="Pretraining", unit="it",
+            total=self.stop_at,
+            initial=self.state.step,
+            desc="Pretraining",
+            unit="it",
             disable=not (accelerator.is_main_process and self.options.progress),
         )
         data = iter(self.dataloader)
@@ -285,8 +301,11 @@ class Pretrainer:
             if step % recipe.train.log_every == 0 or step == self.stop_at or budget_spent:
                 elapsed = time.perf_counter() - window_start
                 values["images_per_second"] = accelerator.num_processes * window_images / max(elapsed, 1e-9)
-                values.update(step=step, skipped_samples=self.state.skipped_samples,
-                              skipped_nan_steps=self.state.skipped_nan_steps)
+                values.update(
+                    step=step,
+                    skipped_samples=self.state.skipped_samples,
+                    skipped_nan_steps=self.state.skipped_nan_steps,
+                )
                 self._log(values, metrics_path)
                 progress.set_postfix(loss=f"{values['loss/total']:.3f}", img_s=f"{values['images_per_second']:.1f}")
                 window_start, window_images = time.perf_counter(), 0
@@ -309,8 +328,16 @@ class Pretrainer:
                     self.tensorboard.add_scalar(name, value, values["step"])
         logger.info(
             "it %d | loss %.4f (dino %.4f ibot %.4f koleo %.4f) | lr %.2e wd %.3f mom %.4f T %.3f | %.1f img/s",
-            values["step"], values["loss/total"], values["loss/dino"], values["loss/ibot"], values["loss/koleo"],
-            values["lr"], values["wd"], values["momentum"], values["teacher_temp"], values["images_per_second"],
+            values["step"],
+            values["loss/total"],
+            values["loss/dino"],
+            values["loss/ibot"],
+            values["loss/koleo"],
+            values["lr"],
+            values["wd"],
+            values["momentum"],
+            values["teacher_temp"],
+            values["images_per_second"],
         )
 
     def _finish(self, seconds: float, metrics_path: Path) -> dict:

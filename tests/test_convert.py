@@ -16,11 +16,15 @@ def _reference_original_forward(state: dict[str, torch.Tensor], pixels: torch.Te
     """facebookresearch/dinov2 `DinoVisionTransformer.forward_features` on original names, written from the paper's
     block definition: x + ls1 * attn(norm1(x)), x + ls2 * mlp(norm2(x)), fused qkv laid out [q; k; v]."""
     patch_weight = state["patch_embed.proj.weight"]
-    tokens = torch.nn.functional.conv2d(pixels, patch_weight, state["patch_embed.proj.bias"], stride=patch_weight.shape[-1])
+    tokens = torch.nn.functional.conv2d(
+        pixels, patch_weight, state["patch_embed.proj.bias"], stride=patch_weight.shape[-1]
+    )
     tokens = tokens.flatten(2).transpose(1, 2)
     batch, _, dim = tokens.shape
     x = torch.cat([state["cls_token"].expand(batch, -1, -1), tokens], dim=1) + state["pos_embed"]
-    layer_norm = lambda t, name: torch.nn.functional.layer_norm(t, (dim,), state[f"{name}.weight"], state[f"{name}.bias"], 1e-6)  # noqa: E731
+    layer_norm = lambda t, name: torch.nn.functional.layer_norm(
+        t, (dim,), state[f"{name}.weight"], state[f"{name}.bias"], 1e-6
+    )  # noqa: E731
     index = 0
     while f"blocks.{index}.norm1.weight" in state:
         prefix = f"blocks.{index}."
@@ -79,7 +83,11 @@ def test_dino_head_round_trip_and_weight_norm(tiny_config, tmp_path):
     # Weight norm semantics of the original: W = g * v / ||v|| row-wise.
     features = torch.randn(3, 64)
     bottleneck = torch.nn.functional.normalize(reloaded.mlp(features), dim=-1)
-    weight = on_disk["last_layer.weight_g"] * on_disk["last_layer.weight_v"] / on_disk["last_layer.weight_v"].norm(dim=1, keepdim=True)
+    weight = (
+        on_disk["last_layer.weight_g"]
+        * on_disk["last_layer.weight_v"]
+        / on_disk["last_layer.weight_v"].norm(dim=1, keepdim=True)
+    )
     assert torch.allclose(reloaded(features), bottleneck @ weight.T, atol=1e-6)
 
 
@@ -89,9 +97,19 @@ def test_cli_round_trip_through_files(tiny_model, tiny_config, tmp_path):
     save_file(convert.hf_to_original_backbone(tiny_model.state_dict()), original_dir / convert.BACKBONE_FILENAME)
     convert.save_dino_head(_random_head(tiny_config), original_dir / convert.DINO_HEAD_FILENAME)
 
-    convert.main(["to-hf", "--backbone", str(original_dir / convert.BACKBONE_FILENAME),
-                  "--dino-head", str(original_dir / convert.DINO_HEAD_FILENAME), "--output", str(hf_dir),
-                  "--num-heads", "4"])
+    convert.main(
+        [
+            "to-hf",
+            "--backbone",
+            str(original_dir / convert.BACKBONE_FILENAME),
+            "--dino-head",
+            str(original_dir / convert.DINO_HEAD_FILENAME),
+            "--output",
+            str(hf_dir),
+            "--num-heads",
+            "4",
+        ]
+    )
     loaded = RadDinoModel.from_pretrained(hf_dir).eval()
     assert loaded.config.num_attention_heads == 4 and loaded.config.dino_head_n_prototypes == 50
     pixels = torch.randn(1, 3, 56, 56)
@@ -107,7 +125,9 @@ def test_cli_round_trip_through_files(tiny_model, tiny_config, tmp_path):
 def test_training_checkpoint_prefixes_and_chunks_are_normalised(tiny_model):
     original = convert.hf_to_original_backbone(tiny_model.state_dict())
     # A DINOv2 training checkpoint: teacher prefix, blocks nested in one FSDP chunk (`blocks.0.{i}.`).
-    chunked = {"teacher.backbone." + re.sub(r"^blocks\.(\d+)\.", r"blocks.0.\1.", key): t for key, t in original.items()}
+    chunked = {
+        "teacher.backbone." + re.sub(r"^blocks\.(\d+)\.", r"blocks.0.\1.", key): t for key, t in original.items()
+    }
     assert "teacher.backbone.blocks.0.1.attn.qkv.weight" in chunked
     assert convert.normalize_original_keys(chunked).keys() == original.keys()
 

@@ -22,6 +22,8 @@ def test_push_to_hub_uploads_release_format_with_remote_code(tiny_model, monkeyp
     tiny_model.push_to_hub("someone/rad-dino-test")
 
     assert calls["repo_id"] == "someone/rad-dino-test"
-    assert {"config.json", "model.safetensors", "modeling_rad_dino.py", "configuration_rad_dino.py"} <= set(calls["files"])
+    assert {"config.json", "model.safetensors", "modeling_rad_dino.py", "configuration_rad_dino.py"} <= set(
+        calls["files"]
+    )
     assert '"model_type": "dinov2"' in calls["config"]
     assert '"AutoModel": "modeling_rad_dino.RadDinoModel"' in calls["config"]

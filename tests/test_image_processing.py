@@ -33,9 +33,7 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 DICOM_DIR = SHARED_DATA / "dicom"
 SAMPLE_DIR = REPO_ROOT / "data" / "sample"
 
-needs_shared = pytest.mark.skipif(
-    not SHARED_DATA.is_dir(), reason=f"shared real data not found at {SHARED_DATA}"
-)
+needs_shared = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"shared real data not found at {SHARED_DATA}")
 needs_dicom = pytest.mark.skipif(
     not (DICOM_DIR / "RG1_UNCR.dcm").is_file(), reason=f"DICOM test files not found in {DICOM_DIR}"
 )

@@ -58,9 +58,7 @@ def test_mask_probability_edge_cases_and_shuffle():
     assert not sample_batch_masks(6, (8, 8), 0.0, generator=0).any()
     assert (sample_batch_masks(6, (8, 8), 1.0, generator=0).sum(1) > 0).all()
     # shuffled: masked slots are not always the first ones
-    first_rows_only = all(
-        (sample_batch_masks(8, (16, 16), 0.5, generator=s).sum(1)[:4] > 0).all() for s in range(20)
-    )
+    first_rows_only = all((sample_batch_masks(8, (16, 16), 0.5, generator=s).sum(1)[:4] > 0).all() for s in range(20))
     assert not first_rows_only
 
 

@@ -130,7 +130,9 @@ def test_bool_masked_pos_replaces_patches_by_mask_token(tiny_model):
     assert torch.allclose(embeddings[0, 1 + 5], expected_masked)
     assert torch.equal(embeddings[1], plain[1])  # unmasked image untouched
     assert torch.equal(embeddings[0, 1 + 1], plain[0, 1 + 1])
-    assert not torch.allclose(tiny_model(pixels, bool_masked_pos=mask).cls_embeddings[0], tiny_model(pixels).cls_embeddings[0])
+    assert not torch.allclose(
+        tiny_model(pixels, bool_masked_pos=mask).cls_embeddings[0], tiny_model(pixels).cls_embeddings[0]
+    )
 
 
 def test_sdpa_and_eager_agree_and_eager_returns_attentions(tiny_config):

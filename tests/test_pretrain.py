@@ -23,15 +23,26 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = REPO_ROOT / "data" / "sample" / "images"
 
 TINY_RECIPE = {
-    "student": {"pretrained": "random", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-                "drop_path_rate": 0.1},
+    "student": {
+        "pretrained": "random",
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "drop_path_rate": 0.1,
+    },
     "crops": {"global_crops_size": 56, "local_crops_size": 28, "local_crops_number": 2},
     "dino": {"head_n_prototypes": 64, "head_hidden_dim": 32, "head_bottleneck_dim": 16},
     "ibot": {"head_n_prototypes": 64, "head_hidden_dim": 32, "head_bottleneck_dim": 16},
     "optim": {"epochs": 4, "warmup_epochs": 1, "freeze_last_layer_epochs": 1},
     "teacher": {"warmup_teacher_temp_epochs": 1},
-    "train": {"batch_size_per_gpu": 4, "official_epoch_length": 2, "files_per_shard": 2, "num_workers": 0,
-              "checkpoint_every": 100, "log_every": 1},
+    "train": {
+        "batch_size_per_gpu": 4,
+        "official_epoch_length": 2,
+        "files_per_shard": 2,
+        "num_workers": 0,
+        "checkpoint_every": 100,
+        "log_every": 1,
+    },
 }
 
 
@@ -74,8 +85,9 @@ def test_resume_equals_straight_run_bitwise(tmp_path, images):
 def test_export_loads_as_plain_dinov2(tmp_path, images):
     summary = run(write_recipe(tmp_path, images), "--set", "train.max_iterations=2")
     export = Path(summary["export_dir"])
-    assert {"config.json", "model.safetensors", "dino_head.safetensors", "preprocessor_config.json",
-            "README.md"} <= {p.name for p in export.iterdir()}
+    assert {"config.json", "model.safetensors", "dino_head.safetensors", "preprocessor_config.json", "README.md"} <= {
+        p.name for p in export.iterdir()
+    }
     model = AutoModel.from_pretrained(export).eval()
     assert type(model) is Dinov2Model and model.config.hidden_size == 32
     assert "## This checkpoint" in (export / "README.md").read_text()
@@ -165,7 +177,10 @@ def test_sigkill_while_checkpointing_resumes_from_previous(tmp_path, images):
     script.write_text(KILL_DURING_SECOND_CHECKPOINT.format(repo=str(REPO_ROOT)))
     result = subprocess.run(
         [sys.executable, str(script), "--config", str(config), "--no-progress", "--set", "train.max_iterations=6"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == -9, result.stderr[-2000:]
     checkpoints = tmp_path / "run" / "checkpoints"
@@ -185,10 +200,26 @@ def test_two_process_ddp_keeps_replicas_identical(tmp_path, images):
     config = write_recipe(tmp_path, images)
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-         str(REPO_ROOT / "train_pretrain.py"), "--config", str(config), "--no-progress",
-         "--set", "train.max_iterations=3"],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29517",
+            str(REPO_ROOT / "train_pretrain.py"),
+            "--config",
+            str(config),
+            "--no-progress",
+            "--set",
+            "train.max_iterations=3",
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())

@@ -85,8 +85,14 @@ def test_param_groups_hf_names():
     assert groups["encoder.layer.0.attention.q_proj.weight"]["lr_multiplier"] == pytest.approx(0.81)
     assert groups["encoder.layer.1.mlp.fc1.weight"]["lr_multiplier"] == pytest.approx(0.9)
     assert groups["layernorm.weight"]["lr_multiplier"] == 1.0
-    for zero_wd in ["embeddings.cls_token", "embeddings.position_embeddings", "encoder.layer.1.layer_scale1.lambda1",
-                    "encoder.layer.0.norm1.weight", "encoder.layer.0.attention.q_proj.bias", "layernorm.weight"]:
+    for zero_wd in [
+        "embeddings.cls_token",
+        "embeddings.position_embeddings",
+        "encoder.layer.1.layer_scale1.lambda1",
+        "encoder.layer.0.norm1.weight",
+        "encoder.layer.0.attention.q_proj.bias",
+        "layernorm.weight",
+    ]:
         assert groups[zero_wd]["wd_multiplier"] == 0.0
     assert groups["encoder.layer.0.attention.q_proj.weight"]["wd_multiplier"] == 1.0
     # DINOv2's literal substring rule keeps weight decay on tokens / position embeddings
@@ -148,9 +154,17 @@ def test_overrides_type_conversion():
     base = RecipeConfig()
     cfg = apply_overrides(
         base,
-        ["optim.lr=0.001", "crops.local_crops_number=4", "crops.global_crops_scale=0.4,1",
-         "ibot.separate_head=true", "optim.min_lr=1e-5", "train.centering=sinkhorn_knopp",
-         "crops.blur_probabilities=[0.5, 0.5, 0.5]", "train.max_minutes=none", "optim.epochs=2.0"],
+        [
+            "optim.lr=0.001",
+            "crops.local_crops_number=4",
+            "crops.global_crops_scale=0.4,1",
+            "ibot.separate_head=true",
+            "optim.min_lr=1e-5",
+            "train.centering=sinkhorn_knopp",
+            "crops.blur_probabilities=[0.5, 0.5, 0.5]",
+            "train.max_minutes=none",
+            "optim.epochs=2.0",
+        ],
     )
     assert cfg.optim.lr == 0.001 and isinstance(cfg.optim.lr, float)
     assert cfg.crops.local_crops_number == 4 and isinstance(cfg.crops.local_crops_number, int)
