@@ -266,9 +266,7 @@ def build_stream(
     """
     if not sources:
         raise ValueError("No data sources given")
-    streams = [
-        open_source(source, seed, files_per_shard, folder_epochs, world_size).repeat(None) for source in sources
-    ]
+    streams = [open_source(source, seed, files_per_shard, folder_epochs, world_size).repeat(None) for source in sources]
     if len(streams) == 1:
         stream = streams[0]
     else:

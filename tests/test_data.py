@@ -483,14 +483,14 @@ def test_mapped_stream_resumes_with_the_same_crops(two_folders, augmentation):
 # ----------------------------------------------------------------------------- real radiographs
 
 
-def test_real_sources_mix_and_decode(shared_data):
-    dicom = DataSource(str(shared_data / "dicom"), weight=1)
+def test_real_folders_decode(shared_data):
+    dicom = DataSource(str(shared_data / "dicom"))
     examples = {Path(e["key"]).name: e for e in open_source(dicom)}
     assert set(examples) == {"RG1_UNCR.dcm", "RG1_J2KR.dcm", "RG3_UNCR.dcm"}
     uncompressed, j2k = (decode_or_none(examples[n]["image"], n) for n in ("RG1_UNCR.dcm", "RG1_J2KR.dcm"))
     assert uncompressed.dtype == np.uint8 and uncompressed.min() == 0 and uncompressed.max() == 255
     assert np.array_equal(uncompressed, j2k)  # the same image, stored losslessly in JPEG 2000
-    jpegs = DataSource(str(shared_data / "pediatric-pneumonia" / "train"), weight=3)
+    jpegs = DataSource(str(shared_data / "pediatric-pneumonia" / "train"))
     draws = list(itertools.islice(build_stream([jpegs], seed=0), 6))
     assert len({e["key"] for e in draws}) == 6
     for e in draws:
