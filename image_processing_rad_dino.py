@@ -256,6 +256,8 @@ def _pil_to_array(img: PIL.Image.Image, label: str) -> np.ndarray:
         return array.astype(np.int32)
     if mode == "F":
         return np.asarray(img, dtype=np.float32)
+    if mode in ("LA", "La", "RGBA", "RGBa", "PA") or (mode == "P" and "transparency" in img.info):
+        _reject_transparency(img, label)
     if mode in ("1", "L", "LA", "La"):
         return np.asarray(img.convert("L"))
     if mode == "P":
@@ -264,8 +266,19 @@ def _pil_to_array(img: PIL.Image.Image, label: str) -> np.ndarray:
         if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]):
             return np.ascontiguousarray(rgb[..., 0])
         return rgb
-    # RGB, RGBA (alpha dropped, as PIL's convert("RGB") and transformers' load_image do), CMYK, YCbCr, ...
+    # RGB, opaque RGBA (alpha dropped, as PIL's convert("RGB") and transformers' load_image do), CMYK, YCbCr, ...
     return np.asarray(img.convert("RGB"))
+
+
+def _reject_transparency(img: PIL.Image.Image, label: str) -> None:
+    """An opaque alpha channel is harmless and dropped; real transparency leaves the grey values undefined."""
+    alpha = np.asarray(img.convert("RGBA"))[..., 3]
+    transparent = int((alpha < 255).sum())
+    if transparent:
+        raise UnreadableImageError(
+            f"{label}: {transparent} pixels are transparent (alpha < 255); a radiograph has no transparency. "
+            "Flatten the image onto a background and save it without an alpha channel."
+        )
 
 
 def _read_pil_source(fileobj: Any, label: str) -> np.ndarray:

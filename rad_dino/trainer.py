@@ -353,6 +353,8 @@ class Pretrainer:
         }
         summary.pop("dataloader_state")
         summary.pop("mask_rng_state")
+        for counter in ("images_seen", "skipped_samples"):  # per process in the state; totals in the summary
+            summary[counter] = sum(gather_object([summary[counter]]))
         if len(set(digests)) > 1 or len(set(teacher_digests)) > 1:
             logger.error("Replicas differ across ranks: student %s, teacher %s", digests, teacher_digests)
         export_dir = Path(self.options.export_dir or self.output_dir / "export")

@@ -319,19 +319,32 @@ def test_tiny_image(tmp_path):
     assert read_image(ok).shape == (MIN_IMAGE_SIDE, MIN_IMAGE_SIDE)
 
 
-def test_rgba_png_works(tmp_path, processor):
+def test_opaque_rgba_png_works(tmp_path, processor):
     rgba = np.zeros((40, 50, 4), dtype=np.uint8)
     rgba[..., 0] = 200
     rgba[..., 1] = 100
     rgba[..., 2] = 50
-    rgba[..., 3] = np.linspace(0, 255, 50, dtype=np.uint8)[None, :]
+    rgba[..., 3] = 255
     path = tmp_path / "rgba.png"
     Image.fromarray(rgba, mode="RGBA").save(path)
     image = read_image(path)
     assert image.shape == (40, 50, 3) and image.dtype == np.uint8
-    assert np.array_equal(image, rgba[..., :3])  # alpha dropped, colours kept
+    assert np.array_equal(image, rgba[..., :3])  # opaque alpha dropped, colours kept
     out = processor(path, return_tensors="np")["pixel_values"]
     assert out.shape == (1, 3, 518, 518)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+def test_transparent_png_is_rejected(tmp_path, processor, mode):
+    grey = np.full((40, 50), 120, dtype=np.uint8)
+    alpha = np.linspace(0, 255, 50, dtype=np.uint8)[None, :].repeat(40, axis=0)
+    channels = [grey, grey, grey, alpha] if mode == "RGBA" else [grey, alpha]
+    path = tmp_path / f"transparent-{mode}.png"
+    Image.fromarray(np.stack(channels, axis=-1), mode=mode).save(path)
+    with pytest.raises(UnreadableImageError, match=f"transparent-{mode}.png.*transparent"):
+        read_image(path)
+    with pytest.raises(UnreadableImageError, match="transparent"):
+        processor(str(path), return_tensors="np")
 
 
 def test_bytes_name_is_used(tmp_path):

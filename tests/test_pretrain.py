@@ -226,3 +226,4 @@ def test_two_process_ddp_keeps_replicas_identical(tmp_path, images):
     assert summary["world_size"] == 2 and summary["step"] == 3
     assert len(summary["replica_digests"]) == 2 and len(set(summary["replica_digests"])) == 1
     assert len(set(summary["teacher_digests"])) == 1
+    assert summary["images_seen"] == 2 * 3 * 4  # ranks x steps x batch per rank
