@@ -60,10 +60,12 @@ def plot_training_curves(metrics_jsonl: str | Path, path: str | Path) -> Path:
     panels = [
         ("losses", [key for key in rows[0] if key.startswith("loss/")]),
         ("learning rate", ["lr"]),
-        ("teacher", ["momentum", "teacher_temp"]),
+        ("weight decay", ["wd"]),
+        ("teacher momentum", ["momentum"]),
+        ("teacher temperature", ["teacher_temp"]),
         ("throughput (images/s)", ["images_per_second"]),
     ]
-    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2))
+    figure, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.0))
     for axis, (title, keys) in zip(axes, panels):
         for key in keys:
             axis.plot(steps, [row[key] for row in rows], label=key.removeprefix("loss/"))
