@@ -410,7 +410,8 @@ def main(argv=None) -> int:
         f"analytic FLOPs/image: {gflop:.4g} GFLOP (N={flops['tokens']} tokens; patch-embed "
         f"{flops['patch_embed'] / 1e9:.2f} + {config.num_hidden_layers} layers x {flops['per_layer_total'] / 1e9:.2f}"
         f" [qkv {flops['per_layer']['qkv'] / 1e9:.2f}, proj {flops['per_layer']['attn_proj'] / 1e9:.2f}, mlp "
-        f"{flops['per_layer']['mlp'] / 1e9:.2f}, QK^T+AV {flops['per_layer']['attention_scores_and_values'] / 1e9:.2f}])"
+        f"{flops['per_layer']['mlp'] / 1e9:.2f}, "
+        f"QK^T+AV {flops['per_layer']['attention_scores_and_values'] / 1e9:.2f}])"
     )
 
     native_bf16 = machine["flags"]["avx512_bf16"] or machine["flags"]["amx_bf16"]

@@ -57,6 +57,13 @@ def export_teacher(
     output_dir = Path(output_dir)
     backbone = teacher.backbone
     backbone.config.drop_path_rate = 0.0
+    # The config describes the shipped dino_head.safetensors, so `load_dino_head(path, config)` rebuilds it.
+    backbone.config.dino_head_n_prototypes = recipe.dino.head_n_prototypes
+    backbone.config.dino_head_hidden_size = recipe.dino.head_hidden_dim
+    backbone.config.dino_head_bottleneck_size = recipe.dino.head_bottleneck_dim
+    backbone.config.dino_head_n_layers = recipe.dino.head_nlayers
+    backbone.config.ibot_separate_head = recipe.ibot.separate_head
+    backbone.config.ibot_head_n_prototypes = recipe.ibot.head_n_prototypes
     backbone.save_pretrained(output_dir)
     save_dino_head(teacher.dino_head, output_dir / DINO_HEAD_FILENAME)
     size = recipe.crops.global_crops_size  # the resolution it was last trained at (518 after RAD-DINO's stage 2)

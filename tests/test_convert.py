@@ -22,9 +22,10 @@ def _reference_original_forward(state: dict[str, torch.Tensor], pixels: torch.Te
     tokens = tokens.flatten(2).transpose(1, 2)
     batch, _, dim = tokens.shape
     x = torch.cat([state["cls_token"].expand(batch, -1, -1), tokens], dim=1) + state["pos_embed"]
-    layer_norm = lambda t, name: torch.nn.functional.layer_norm(
-        t, (dim,), state[f"{name}.weight"], state[f"{name}.bias"], 1e-6
-    )  # noqa: E731
+
+    def layer_norm(t: torch.Tensor, name: str) -> torch.Tensor:
+        return torch.nn.functional.layer_norm(t, (dim,), state[f"{name}.weight"], state[f"{name}.bias"], 1e-6)
+
     index = 0
     while f"blocks.{index}.norm1.weight" in state:
         prefix = f"blocks.{index}."

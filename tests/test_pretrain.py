@@ -227,3 +227,67 @@ def test_two_process_ddp_keeps_replicas_identical(tmp_path, images):
     assert len(summary["replica_digests"]) == 2 and len(set(summary["replica_digests"])) == 1
     assert len(set(summary["teacher_digests"])) == 1
     assert summary["images_seen"] == 2 * 3 * 4  # ranks x steps x batch per rank
+
+
+def test_initialisation_from_original_files_and_from_export(tmp_path, images):
+    """Continue pretraining from original-layout backbone + DINO head files, then from a HF export directory."""
+    from configuration_rad_dino import RadDinoConfig
+    from modeling_rad_dino import RadDinoModel
+    from rad_dino import convert
+    from rad_dino.heads import DinoHead
+
+    config = RadDinoConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=1, image_size=56)
+    torch.manual_seed(7)
+    backbone = RadDinoModel(config)
+    head = DinoHead(in_dim=64, n_prototypes=64, hidden_dim=32, bottleneck_dim=16, n_layers=3)
+    convert.save_original_backbone(backbone, tmp_path / convert.BACKBONE_FILENAME)
+    convert.save_dino_head(head, tmp_path / convert.DINO_HEAD_FILENAME)
+
+    recipe = write_recipe(tmp_path, images)
+    overrides = [
+        f"student.pretrained={tmp_path / convert.BACKBONE_FILENAME}",
+        f"student.dino_head={tmp_path / convert.DINO_HEAD_FILENAME}",
+        "optim.lr=1e-12",  # nearly frozen: the export must still be the loaded weights
+    ]
+    summary = run(recipe, "--set", "train.max_iterations=1", *overrides)
+    exported = RadDinoModel.from_pretrained(summary["export_dir"])
+    for name, tensor in backbone.state_dict().items():
+        assert torch.allclose(exported.state_dict()[name], tensor, atol=1e-6), name
+    exported_head = convert.load_dino_head(Path(summary["export_dir"]) / convert.DINO_HEAD_FILENAME, exported.config)
+    for name, tensor in head.state_dict().items():
+        assert torch.allclose(exported_head.state_dict()[name], tensor, atol=1e-6), name
+
+    (tmp_path / "second").mkdir()
+    again = run(
+        write_recipe(tmp_path / "second", images),
+        "--set",
+        "train.max_iterations=1",
+        f"student.pretrained={summary['export_dir']}",
+        "optim.lr=1e-12",
+    )
+    second = RadDinoModel.from_pretrained(again["export_dir"])
+    assert second.config.hidden_size == 64
+    for name, tensor in backbone.state_dict().items():
+        assert torch.allclose(second.state_dict()[name], tensor, atol=1e-6), name
+
+
+def test_push_to_hub_uploads_the_export(tmp_path, images, monkeypatch):
+    from types import SimpleNamespace
+
+    import huggingface_hub
+
+    calls = {}
+
+    def create_repo(self, repo_id, **kwargs):
+        calls["repo"] = (repo_id, kwargs.get("private"))
+        return SimpleNamespace(repo_id=repo_id)
+
+    def upload_folder(self, repo_id, folder_path, **kwargs):
+        calls["files"] = sorted(p.name for p in Path(folder_path).iterdir())
+        return SimpleNamespace(commit_url="https://example.invalid/commit")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+    run(write_recipe(tmp_path, images), "--set", "train.max_iterations=1", "--push-to-hub", "someone/cxr-dino")
+    assert calls["repo"] == ("someone/cxr-dino", True)
+    assert {"config.json", "model.safetensors", "dino_head.safetensors", "README.md"} <= set(calls["files"])
