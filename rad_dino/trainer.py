@@ -20,6 +20,7 @@ from accelerate import Accelerator, DistributedType
 from accelerate.utils import gather_object, set_seed
 from torchdata.stateful_dataloader import StatefulDataLoader
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from rad_dino.augment import MultiCropAugmentation
 from rad_dino.checkpoint import TrainState, latest_checkpoint, save_checkpoint
@@ -272,7 +273,6 @@ class Pretrainer:
         self.consecutive_nan = 0
         metrics_path = self.output_dir / METRICS_FILENAME
         started = time.perf_counter()
-        window_start, window_images = started, 0
         progress = tqdm(
             total=self.stop_at,
             initial=self.state.step,
@@ -281,6 +281,18 @@ class Pretrainer:
             disable=not (accelerator.is_main_process and self.options.progress),
         )
         data = iter(self.dataloader)
+        with logging_redirect_tqdm():  # log lines print above the bar instead of breaking it
+            budget_spent = self._loop(data, progress, metrics_path, started)
+        progress.close()
+        if budget_spent:
+            logger.info("Time budget of %.1f min spent at iteration %d", recipe.train.max_minutes, self.state.step)
+        self.save()
+        return self._finish(time.perf_counter() - started, metrics_path)
+
+    def _loop(self, data, progress: tqdm, metrics_path: Path, started: float) -> bool:
+        """Iterate until the last iteration or the time budget; returns whether the budget ran out."""
+        accelerator, recipe = self.accelerator, self.recipe
+        window_start, window_images = time.perf_counter(), 0
         budget_spent = False
         while self.state.step < self.stop_at and not budget_spent:
             batch = next(data)
@@ -311,11 +323,7 @@ class Pretrainer:
                 window_start, window_images = time.perf_counter(), 0
             if step % recipe.train.checkpoint_every == 0 and step < self.stop_at and not budget_spent:
                 self.save()
-        progress.close()
-        if budget_spent:
-            logger.info("Time budget of %.1f min spent at iteration %d", recipe.train.max_minutes, self.state.step)
-        self.save()
-        return self._finish(time.perf_counter() - started, metrics_path)
+        return budget_spent
 
     def _log(self, values: dict, metrics_path: Path) -> None:
         if not self.accelerator.is_main_process:
@@ -369,6 +377,18 @@ class Pretrainer:
                 plot_training_curves(metrics_path, self.output_dir / CURVES_FILENAME)
             summary["export_dir"] = str(export_dir)
             (self.output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            logger.info(
+                "Done: %d iterations, %d images (%d unreadable skipped, %d non-finite steps skipped) in %.1f min. "
+                "Model: %s  Curves: %s  Metrics: %s",
+                summary["step"],
+                summary["images_seen"],
+                summary["skipped_samples"],
+                summary["skipped_nan_steps"],
+                seconds / 60,
+                export_dir,
+                self.output_dir / CURVES_FILENAME,
+                metrics_path,
+            )
             if self.options.push_to_hub:
                 push_to_hub(export_dir, self.options.push_to_hub)
         if self.tensorboard is not None:
