@@ -12,9 +12,12 @@ may import transformers and nothing from this repository.
 from huggingface_hub.dataclasses import strict
 from transformers import Dinov2Config
 
-# Names written to disk in place of ours, so the saved directory reads as a stock DINOv2 checkpoint.
+# Names written to disk in place of ours, so the saved directory reads as a stock DINOv2 checkpoint. Only classes whose
+# weights a stock class loads unchanged are listed; anything else is saved as `rad_dino` (remote code).
 RELEASE_MODEL_TYPE = "dinov2"
-RELEASE_ARCHITECTURES = {"RadDinoModel": "Dinov2Model"}
+RELEASE_ARCHITECTURES = {"RadDinoModel": "Dinov2Model", "RadDinoForImageClassification": "Dinov2ForImageClassification"}
+POOLINGS = ("cls_mean", "cls", "attention")
+SEGMENTATION_DECODERS = ("linear", "upsample")
 
 
 @strict
@@ -36,6 +39,14 @@ class RadDinoConfig(Dinov2Config):
         Whether iBOT uses its own head (DINOv2 ViT-B shares the DINO head).
     ibot_head_n_prototypes (`int`, defaults to 65536):
         Number of prototypes of the iBOT head when it is separate.
+    pooling (`str`, defaults to `"cls_mean"`):
+        Image features of `RadDinoForImageClassification`: `"cls_mean"` (CLS and mean patch token concatenated, as
+        `Dinov2ForImageClassification`, so such checkpoints load in stock transformers), `"cls"`, or `"attention"`
+        (a learned query attending over the patch tokens).
+    segmentation_decoder (`str`, defaults to `"linear"`):
+        Decoder of `RadDinoForSemanticSegmentation`: `"linear"` (batch norm + 1x1 conv on the patch-token map, then
+        bilinear upsampling, as DINOv2's linear segmentation head) or `"upsample"` (a small convolutional decoder
+        that upsamples the map twice before the final bilinear resize).
 
     Example:
 
@@ -55,6 +66,23 @@ class RadDinoConfig(Dinov2Config):
     dino_head_n_layers: int = 3
     ibot_separate_head: bool = False
     ibot_head_n_prototypes: int = 65536
+    pooling: str = "cls_mean"
+    segmentation_decoder: str = "linear"
+
+    def validate_architecture(self):
+        super().validate_architecture()
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.segmentation_decoder not in SEGMENTATION_DECODERS:
+            raise ValueError(f"segmentation_decoder must be one of {SEGMENTATION_DECODERS}")
+
+    @property
+    def release_compatible(self) -> bool:
+        """Whether a stock transformers class loads this model's weights unchanged (so it is saved as `dinov2`)."""
+        architectures = self.architectures or ["RadDinoModel"]
+        stock = all(name in RELEASE_ARCHITECTURES for name in architectures)
+        classifier_ok = "RadDinoForImageClassification" not in architectures or self.pooling == "cls_mean"
+        return stock and classifier_ok
 
     @classmethod
     def get_config_dict(cls, pretrained_model_name_or_path, **kwargs) -> tuple[dict, dict]:
@@ -74,9 +102,10 @@ class RadDinoConfig(Dinov2Config):
 
     def to_dict(self) -> dict:
         output = super().to_dict()
-        output["model_type"] = RELEASE_MODEL_TYPE
-        if output.get("architectures"):
-            output["architectures"] = [RELEASE_ARCHITECTURES.get(name, name) for name in output["architectures"]]
+        if self.release_compatible:
+            output["model_type"] = RELEASE_MODEL_TYPE
+            if output.get("architectures"):
+                output["architectures"] = [RELEASE_ARCHITECTURES[name] for name in output["architectures"]]
         return output
 
 

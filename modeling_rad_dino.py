@@ -11,12 +11,20 @@ transformers and torch here.
 from dataclasses import dataclass
 
 import torch
-from transformers import AutoConfig, AutoModel, Dinov2Model
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForImageClassification,
+    AutoModelForSemanticSegmentation,
+    Dinov2Model,
+    Dinov2PreTrainedModel,
+)
 from transformers.conversion_mapping import (
     get_checkpoint_conversion_mapping,
     register_checkpoint_conversion_mapping,
 )
-from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput, SemanticSegmenterOutput
 from transformers.utils.generic import can_return_tuple
 
 try:  # loaded as remote code: a package with the config next to it
@@ -82,6 +90,117 @@ class RadDinoModel(Dinov2Model):
         )
 
 
+class RadDinoAttentionPooling(nn.Module):
+    """A learned query attending over the patch tokens: `(B, N, D)` -> `(B, D)`."""
+
+    def __init__(self, config: RadDinoConfig) -> None:
+        super().__init__()
+        self.query = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        self.attention = nn.MultiheadAttention(config.hidden_size, config.num_attention_heads, batch_first=True)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, patch_tokens: torch.Tensor) -> torch.Tensor:
+        query = self.query.expand(patch_tokens.shape[0], -1, -1)
+        pooled, _ = self.attention(query, patch_tokens, patch_tokens, need_weights=False)
+        return self.norm(pooled[:, 0])
+
+
+class RadDinoForImageClassification(Dinov2PreTrainedModel):
+    """RAD-DINO encoder + linear classifier, multi-class or multi-label (`config.problem_type`).
+
+    Features per `config.pooling`; with the default `"cls_mean"` the weights are those of transformers'
+    `Dinov2ForImageClassification` (same names and shapes), so saved checkpoints load there unchanged.
+    `RadDinoForImageClassification.from_pretrained("microsoft/rad-dino", num_labels=3)` starts from the encoder.
+    """
+
+    config_class = RadDinoConfig
+    config: RadDinoConfig
+
+    def __init__(self, config: RadDinoConfig) -> None:
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.dinov2 = RadDinoModel(config)
+        self.pooler = RadDinoAttentionPooling(config) if config.pooling == "attention" else None
+        features = 2 * config.hidden_size if config.pooling == "cls_mean" else config.hidden_size
+        self.classifier = nn.Linear(features, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.post_init()
+
+    def image_features(self, last_hidden_state: torch.Tensor) -> torch.Tensor:
+        """`(B, 1 + N, D)` encoder tokens -> `(B, F)` classifier input, per `config.pooling`."""
+        cls_token, patch_tokens = last_hidden_state[:, 0], last_hidden_state[:, 1:]
+        if self.config.pooling == "cls_mean":
+            return torch.cat([cls_token, patch_tokens.mean(dim=1)], dim=1)
+        if self.config.pooling == "attention":
+            return self.pooler(patch_tokens)
+        return cls_token
+
+    @can_return_tuple
+    def forward(
+        self, pixel_values: torch.Tensor | None = None, labels: torch.Tensor | None = None, **kwargs
+    ) -> ImageClassifierOutput:
+        r"""
+        labels (`torch.LongTensor` of shape `(B,)`, or `(B, num_labels)` floats for multi-label):
+            Targets; the loss follows `config.problem_type` (inferred from the labels when unset).
+        """
+        outputs = self.dinov2(pixel_values, **kwargs)
+        logits = self.classifier(self.image_features(outputs.last_hidden_state))
+        loss = self.loss_function(labels, logits, self.config) if labels is not None else None
+        return ImageClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+
+
+class RadDinoForSemanticSegmentation(Dinov2PreTrainedModel):
+    """RAD-DINO encoder + a decoder on the patch-token map; logits at the input's resolution.
+
+    `config.segmentation_decoder`: `"linear"` (DINOv2's linear head: batch norm and a 1x1 conv on the patch map) or
+    `"upsample"` (two conv + 2x upsampling stages). Pixels labelled 255 are ignored by the loss.
+    """
+
+    config_class = RadDinoConfig
+    config: RadDinoConfig
+    ignore_index = 255
+
+    def __init__(self, config: RadDinoConfig) -> None:
+        super().__init__(config)
+        self.dinov2 = RadDinoModel(config)
+        dim = config.hidden_size
+        if config.segmentation_decoder == "linear":
+            self.decoder = nn.Sequential(nn.BatchNorm2d(dim), nn.Conv2d(dim, config.num_labels, kernel_size=1))
+        else:
+            width = max(dim // 4, 32)
+            self.decoder = nn.Sequential(
+                nn.Conv2d(dim, width, kernel_size=3, padding=1),
+                nn.GELU(),
+                nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+                nn.Conv2d(width, width, kernel_size=3, padding=1),
+                nn.GELU(),
+                nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+                nn.Conv2d(width, config.num_labels, kernel_size=1),
+            )
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self, pixel_values: torch.Tensor | None = None, labels: torch.Tensor | None = None, **kwargs
+    ) -> SemanticSegmenterOutput:
+        r"""
+        labels (`torch.LongTensor` of shape `(B, H, W)`):
+            Class per pixel, 255 where unknown (ignored).
+
+        Returns logits of shape `(B, num_labels, H, W)`, the input's height and width.
+        """
+        outputs = self.dinov2(pixel_values, **kwargs)
+        logits = self.decoder(outputs.patch_embeddings)
+        logits = nn.functional.interpolate(logits, size=pixel_values.shape[-2:], mode="bilinear", align_corners=False)
+        loss = None
+        if labels is not None:
+            loss = nn.functional.cross_entropy(logits, labels.long(), ignore_index=self.ignore_index)
+        return SemanticSegmenterOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+
+
 # Checkpoints in the release format store transformers 4.x parameter names (`attention.attention.query`, ...).
 # transformers 5 converts them with a table keyed on the class name or model type, and skips custom-code models
 # unless their key was registered by the user: register DINOv2's table for our model type, for both directions
@@ -91,7 +210,17 @@ if get_checkpoint_conversion_mapping(RadDinoConfig.model_type) is None:
 
 AutoConfig.register(RadDinoConfig.model_type, RadDinoConfig, exist_ok=True)
 AutoModel.register(RadDinoConfig, RadDinoModel, exist_ok=True)
+AutoModelForImageClassification.register(RadDinoConfig, RadDinoForImageClassification, exist_ok=True)
+AutoModelForSemanticSegmentation.register(RadDinoConfig, RadDinoForSemanticSegmentation, exist_ok=True)
 RadDinoConfig.register_for_auto_class()
 RadDinoModel.register_for_auto_class("AutoModel")
+RadDinoForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+RadDinoForSemanticSegmentation.register_for_auto_class("AutoModelForSemanticSegmentation")
 
-__all__ = ["RadDinoModel", "RadDinoModelOutput"]
+__all__ = [
+    "RadDinoModel",
+    "RadDinoModelOutput",
+    "RadDinoForImageClassification",
+    "RadDinoForSemanticSegmentation",
+    "RadDinoAttentionPooling",
+]
