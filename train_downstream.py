@@ -1,28 +1,39 @@
 """Downstream use of a RAD-DINO encoder.
 
 Subcommands:
-  features   encode a folder of radiographs (PNG, JPEG, 16-bit, DICOM) and save CLS + patch features and a
-             patch-feature PCA picture. With no arguments it runs on the embedded sample in data/sample.
+  features      encode a folder of radiographs (PNG, JPEG, 16-bit, DICOM) and save CLS + patch features and a
+                patch-feature PCA picture. With no arguments it runs on the embedded sample in data/sample.
+  linear-probe  logistic regression on frozen features (CLS + mean patch token) of images listed in a CSV with a
+                label and a patient column; patient-level split; accuracy, AUROC, AUPRC with 95 % bootstrap CIs,
+                ROC curves and a confusion matrix. Features are cached, so reruns skip the encoder.
 
 Examples:
   python train_downstream.py features
   python train_downstream.py features --images ../shared/data/dicom --model ./my-rad-dino --output outputs/dicom
+  python train_downstream.py linear-probe --model outputs/pretrain/export
 """
 
 import argparse
+import csv
 import json
 import logging
 import time
 from pathlib import Path
 
+import numpy as np
+import torch
 from safetensors.torch import save_file
 
 from image_processing_rad_dino import read_image
-from rad_dino.features import RELEASED_MODEL_ID, extract_features, list_images, load_encoder
+from rad_dino.eval_plots import plot_confusion_matrix, plot_roc_curves
+from rad_dino.features import RELEASED_MODEL_ID, cached_features, extract_features, list_images, load_encoder
 from rad_dino.plots import patch_pca_rgb, save_pca_figure
+from rad_dino.probe import linear_probe, patient_split
 
 logger = logging.getLogger("rad_dino")
-SAMPLE_IMAGES = Path(__file__).resolve().parent / "data" / "sample" / "images"
+REPO = Path(__file__).resolve().parent
+SAMPLE_IMAGES = REPO / "data" / "sample" / "images"
+PEDIATRIC_CSV = REPO.parent / "shared" / "data" / "pediatric-pneumonia" / "train.csv"
 
 
 def run_features(args: argparse.Namespace) -> None:
@@ -66,6 +77,76 @@ def run_features(args: argparse.Namespace) -> None:
     )
 
 
+def read_labelled_csv(args: argparse.Namespace) -> tuple[list[Path], np.ndarray, np.ndarray, list[str]]:
+    """Files, integer labels, patients and sorted class names from a CSV; relative files resolve from --image-root."""
+    csv_path = Path(args.csv)
+    if not csv_path.is_file():
+        raise FileNotFoundError(f"Label CSV not found: {csv_path} (pass --csv)")
+    with open(csv_path, encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    missing = {args.image_column, args.label_column, args.patient_column} - set(rows[0] if rows else {})
+    if missing:
+        raise ValueError(f"{csv_path} lacks column(s) {sorted(missing)}; columns: {sorted(rows[0]) if rows else []}")
+    root = Path(args.image_root) if args.image_root else csv_path.parent
+    classes = sorted({row[args.label_column] for row in rows})
+    files = [root / row[args.image_column] for row in rows]
+    labels = np.array([classes.index(row[args.label_column]) for row in rows])
+    patients = np.array([row[args.patient_column] for row in rows])
+    return files, labels, patients, classes
+
+
+def run_linear_probe(args: argparse.Namespace) -> dict:
+    files, labels, patients, classes = read_labelled_csv(args)
+    model, processor, model_name = load_encoder(args.model, random_fallback=args.model == RELEASED_MODEL_ID)
+    start = time.perf_counter()
+    features, from_cache = cached_features(model, processor, files, args.cache_dir, batch_size=args.batch_size)
+    encode_seconds = time.perf_counter() - start
+    vectors = torch.cat([features["cls"], features["patch"].mean(dim=(2, 3))], dim=1).numpy()
+    train, val = patient_split(patients, args.val_fraction, args.seed)
+    logger.info("Probe: %d train / %d validation images, no patient in both", len(train), len(val))
+    results = linear_probe(
+        vectors[train], labels[train], patients[train], vectors[val], labels[val], class_names=classes, seed=args.seed
+    )
+    probabilities = results.pop("probabilities")
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    plot_roc_curves(labels[val], probabilities, output / "roc_curves.png", class_names=classes)
+    plot_confusion_matrix(
+        labels[val], probabilities.argmax(axis=1), output / "confusion_matrix.png", class_names=classes
+    )
+    results.update(
+        model=model_name,
+        csv=str(args.csv),
+        n_images=len(files),
+        features_from_cache=from_cache,
+        encode_seconds=round(encode_seconds, 2),
+        seed=args.seed,
+    )
+    (output / "metrics.json").write_text(json.dumps(results, indent=2))
+    accuracy, auroc = results["accuracy"], results["auroc"]["macro"]
+    logger.info(
+        "accuracy %.3f (95%% CI %.3f-%.3f), macro AUROC %.3f (%.3f-%.3f); metrics and pictures in %s",
+        accuracy["value"],
+        accuracy["ci_low"],
+        accuracy["ci_high"],
+        auroc["value"],
+        auroc["ci_low"],
+        auroc["ci_high"],
+        output,
+    )
+    return results
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        default=RELEASED_MODEL_ID,
+        help=f"Hub id or directory (default {RELEASED_MODEL_ID}; offline without a cache it falls back to random "
+        "weights with a warning), or 'random'",
+    )
+    parser.add_argument("--batch-size", type=int, default=4)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -73,23 +154,30 @@ def build_parser() -> argparse.ArgumentParser:
     features.add_argument(
         "--images", default=str(SAMPLE_IMAGES), help="folder of images/DICOM (default: embedded sample)"
     )
-    features.add_argument(
-        "--model",
-        default=RELEASED_MODEL_ID,
-        help=f"Hub id or directory (default {RELEASED_MODEL_ID}; offline without a cache it falls back to random "
-        "weights with a warning), or 'random'",
-    )
+    add_model_arguments(features)
     features.add_argument("--output", default="outputs/features", help="output folder")
-    features.add_argument("--batch-size", type=int, default=4)
     features.add_argument("--max-pictures", type=int, default=8, help="images shown in the PCA picture")
     features.set_defaults(run=run_features)
+
+    probe = commands.add_parser("linear-probe", help="logistic regression on frozen features, patient split")
+    add_model_arguments(probe)
+    probe.add_argument("--csv", default=str(PEDIATRIC_CSV), help="CSV with image, label and patient columns")
+    probe.add_argument("--image-root", help="folder the CSV's image paths are relative to (default: the CSV's)")
+    probe.add_argument("--image-column", default="file")
+    probe.add_argument("--label-column", default="label")
+    probe.add_argument("--patient-column", default="patient")
+    probe.add_argument("--val-fraction", type=float, default=0.25, help="share of patients held out")
+    probe.add_argument("--seed", type=int, default=0)
+    probe.add_argument("--cache-dir", default="outputs/feature_cache", help="where computed features are kept")
+    probe.add_argument("--output", default="outputs/linear_probe")
+    probe.set_defaults(run=run_linear_probe)
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None):
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args.run(args)
+    return args.run(args)
 
 
 if __name__ == "__main__":

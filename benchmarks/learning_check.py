@@ -101,15 +101,25 @@ def main() -> None:
         started = time.perf_counter()
         features = probe_features(model, processor, files)
         seconds = time.perf_counter() - started
-        results[name] = linear_probe(
+        probe = linear_probe(
             features[train_index],
             labels[train_index],
             patients[train_index],
             features[val_index],
             labels[val_index],
+            class_names=classes,
             seed=args.seed,
         )
-        results[name]["features_per_second"] = len(files) / seconds
+        results[name] = {
+            "accuracy": probe["accuracy"]["value"],
+            "accuracy_ci": (probe["accuracy"]["ci_low"], probe["accuracy"]["ci_high"]),
+            "auroc": probe["auroc"]["macro"]["value"],
+            "auroc_ci": (probe["auroc"]["macro"]["ci_low"], probe["auroc"]["macro"]["ci_high"]),
+            "C": probe["C"],
+            "n_train": probe["n_train"],
+            "n_val": probe["n"],
+            "features_per_second": len(files) / seconds,
+        }
 
     report = {
         "pretraining": {key: summary[key] for key in ("step", "images_seen", "skipped_samples", "skipped_nan_steps")}

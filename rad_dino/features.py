@@ -1,15 +1,18 @@
 """Frozen-encoder feature extraction: image files in, CLS embeddings and patch-token maps out."""
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from configuration_rad_dino import RadDinoConfig
 from image_processing_rad_dino import RadDinoImageProcessor, read_image
 from modeling_rad_dino import RadDinoModel
+from rad_dino.fingerprint import files_digest, parameter_digest
 
 logger = logging.getLogger(__name__)
 
@@ -78,3 +81,32 @@ def extract_features(
             patch_batches.append(output.patch_embeddings.float())
             bar.update(len(batch_files))
     return {"cls": torch.cat(cls_batches), "patch": torch.cat(patch_batches)}
+
+
+def cached_features(
+    model: RadDinoModel,
+    processor: RadDinoImageProcessor,
+    files: Sequence[Path],
+    cache_dir: str | Path,
+    batch_size: int = 4,
+    progress: bool = True,
+) -> tuple[dict[str, torch.Tensor], bool]:
+    """`extract_features`, cached in `cache_dir` as safetensors keyed by weights, config, preprocessing and files.
+
+    Returns the features and whether they came from the cache (then the encoder did not run).
+    """
+    key = hashlib.sha256(
+        "|".join(
+            [parameter_digest(model), model.config.to_json_string(), processor.to_json_string(), files_digest(files)]
+        ).encode()
+    ).hexdigest()[:32]
+    path = Path(cache_dir) / f"{key}.safetensors"
+    if path.exists():
+        logger.info("Features from cache %s", path)
+        return load_file(path), True
+    features = extract_features(model, processor, files, batch_size=batch_size, progress=progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({name: tensor.contiguous() for name, tensor in features.items()}, tmp)
+    tmp.replace(path)  # a killed run never leaves a truncated cache entry
+    return features, False

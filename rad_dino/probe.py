@@ -1,13 +1,16 @@
-"""Frozen-feature linear probes with patient-level splits and bootstrap confidence intervals."""
+"""Frozen-feature linear probes with patient-level splits."""
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from sklearn.linear_model import LogisticRegressionCV
-from sklearn.metrics import accuracy_score, roc_auc_score
 from sklearn.model_selection import GroupKFold, GroupShuffleSplit
-from sklearn.pipeline import make_pipeline
+from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
+
+from rad_dino.metrics import classification_metrics
+
+REGULARISATION_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
 
 
 def patient_split(patients: Sequence[str], val_fraction: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -17,33 +20,22 @@ def patient_split(patients: Sequence[str], val_fraction: float = 0.2, seed: int 
     return np.sort(train), np.sort(val)
 
 
-def macro_auroc(labels: np.ndarray, probabilities: np.ndarray) -> float:
-    """One-vs-rest macro AUROC; `probabilities` `(N, C)`, or `(N,)` / `(N, 2)` for two classes."""
-    if probabilities.ndim == 2 and probabilities.shape[1] == 2:
-        probabilities = probabilities[:, 1]
-    if probabilities.ndim == 1:
-        return float(roc_auc_score(labels, probabilities))
-    return float(roc_auc_score(labels, probabilities, multi_class="ovr", average="macro"))
-
-
-def bootstrap_ci(
-    metric: Callable[[np.ndarray, np.ndarray], float],
-    labels: np.ndarray,
-    scores: np.ndarray,
-    n_resamples: int = 1000,
-    seed: int = 0,
-    level: float = 0.95,
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of `metric(labels, scores)` over resampled cases."""
-    rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(n_resamples):
-        index = rng.integers(0, len(labels), len(labels))
-        if len(np.unique(labels[index])) < len(np.unique(labels)):
-            continue  # AUROC needs every class present
-        values.append(metric(labels[index], scores[index]))
-    low, high = np.quantile(values, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return float(low), float(high)
+def fit_linear_probe(features: np.ndarray, labels: np.ndarray, patients: np.ndarray, seed: int = 0) -> Pipeline:
+    """Standardised multinomial logistic regression on `(N, F)` features; C by 5-fold patient-grouped CV."""
+    folds = list(GroupKFold(n_splits=5).split(features, labels, groups=patients))
+    classifier = make_pipeline(
+        StandardScaler(),
+        LogisticRegressionCV(
+            Cs=list(REGULARISATION_GRID),
+            cv=folds,
+            scoring="accuracy",
+            l1_ratios=(0.0,),
+            use_legacy_attributes=False,
+            max_iter=5000,
+            random_state=seed,
+        ),
+    )
+    return classifier.fit(features, labels)
 
 
 def linear_probe(
@@ -52,27 +44,18 @@ def linear_probe(
     train_groups: np.ndarray,
     val_features: np.ndarray,
     val_labels: np.ndarray,
+    class_names: Sequence[str] | None = None,
     seed: int = 0,
 ) -> dict:
-    """Standardised logistic regression; C chosen by 5-fold patient-grouped CV on the training split.
+    """Fit on the training split, score the validation split.
 
-    Returns accuracy and macro AUROC on the validation split with 95 % bootstrap intervals, and the chosen C.
+    Returns `rad_dino.metrics.classification_metrics` on the validation split (accuracy, AUROC, AUPRC with 95 %
+    bootstrap intervals), the chosen C, and the validation probabilities `(N_val, C)` as `probabilities`.
     """
-    folds = list(GroupKFold(n_splits=5).split(train_features, train_labels, groups=train_groups))
-    classifier = make_pipeline(
-        StandardScaler(),
-        LogisticRegressionCV(Cs=[0.001, 0.01, 0.1, 1.0, 10.0], cv=folds, max_iter=5000, random_state=seed),
-    )
-    classifier.fit(train_features, train_labels)
+    classifier = fit_linear_probe(train_features, train_labels, train_groups, seed)
     probabilities = classifier.predict_proba(val_features)
-    predictions = classifier.classes_[probabilities.argmax(axis=1)]
-    accuracy_of = lambda y, p: accuracy_score(y, classifier.classes_[p.argmax(axis=1)])  # noqa: E731
-    return {
-        "accuracy": float(accuracy_score(val_labels, predictions)),
-        "accuracy_ci": bootstrap_ci(accuracy_of, val_labels, probabilities, seed=seed),
-        "auroc": macro_auroc(val_labels, probabilities),
-        "auroc_ci": bootstrap_ci(macro_auroc, val_labels, probabilities, seed=seed),
-        "C": float(classifier[-1].C_[0]),
-        "n_train": int(len(train_labels)),
-        "n_val": int(len(val_labels)),
-    }
+    metrics = classification_metrics(val_labels, probabilities, class_names=class_names, seed=seed)
+    metrics["C"] = float(classifier[-1].C_)
+    metrics["n_train"] = int(len(train_labels))
+    metrics["probabilities"] = probabilities
+    return metrics

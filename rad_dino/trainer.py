@@ -5,7 +5,6 @@ compute DINO + iBOT + KoLeo, step the student, move the teacher towards it (EMA)
 (centers restored, no optimizer step) and counted; too many in a row stop the run with a clear error.
 """
 
-import hashlib
 import json
 import logging
 import math
@@ -26,6 +25,7 @@ from rad_dino.augment import MultiCropAugmentation
 from rad_dino.checkpoint import TrainState, latest_checkpoint, save_checkpoint
 from rad_dino.data import MultiCropMapper, build_stream, collate_crops, parse_source
 from rad_dino.export import export_teacher, push_to_hub
+from rad_dino.fingerprint import parameter_digest
 from rad_dino.masking import sample_batch_masks
 from rad_dino.plots import plot_training_curves
 from rad_dino.recipe import RecipeConfig
@@ -78,17 +78,6 @@ def build_dataloader(recipe: RecipeConfig, rank: int, world_size: int) -> Statef
         # a resumed run has just restored.
         generator=torch.Generator().manual_seed(recipe.train.seed),
     )
-
-
-def parameter_digest(module: torch.nn.Module) -> str:
-    """SHA-256 of all parameters' bytes, in order: equal digests mean bitwise-equal replicas."""
-    digest = hashlib.sha256()
-    for parameter in module.parameters():
-        tensor = parameter.detach()
-        if hasattr(tensor, "full_tensor"):  # an FSDP2 shard: gather it (collective, every rank calls this)
-            tensor = tensor.full_tensor()
-        digest.update(tensor.float().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def _launched_without_accelerator() -> bool:

@@ -1,5 +1,6 @@
 """Feature extraction command and the patch-PCA picture, on the embedded sample with a tiny encoder."""
 
+import csv
 import json
 from pathlib import Path
 
@@ -70,3 +71,69 @@ def test_missing_folder_and_unknown_model_are_clear_errors(tmp_path):
         list_images(tmp_path)
     with pytest.raises(OSError):
         train_downstream.main(["features", "--images", str(SAMPLE), "--model", str(tmp_path / "no-model")])
+
+
+def _labelled_sample(tmp_path: Path) -> Path:
+    """The embedded sample's 12 labelled pediatric images (4 per class, 12 patients) as a probe CSV."""
+    rows = [row for row in csv.DictReader(open(SAMPLE.parent / "metadata.csv", encoding="utf-8")) if row["label"]]
+    path = tmp_path / "probe.csv"
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["file", "label", "patient"])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(
+                {"file": str(SAMPLE.parent / row["file"]), "label": row["label"], "patient": row["patient"]}
+            )
+    return path
+
+
+def test_feature_cache_hit_is_identical_and_skips_the_encoder(tiny_model, tiny_processor, tmp_path, monkeypatch):
+    from rad_dino.features import cached_features
+
+    files = list_images(SAMPLE)[:3]
+    first, hit = cached_features(tiny_model, tiny_processor, files, tmp_path, progress=False)
+    assert not hit
+
+    def no_encoder(*args, **kwargs):
+        raise AssertionError("the encoder ran on a cache hit")
+
+    monkeypatch.setattr(tiny_model, "forward", no_encoder)
+    second, hit = cached_features(tiny_model, tiny_processor, files, tmp_path, progress=False)
+    assert hit and all(torch.equal(first[name], second[name]) for name in first)
+    monkeypatch.undo()
+    other, hit = cached_features(tiny_model, tiny_processor, files[:2], tmp_path, progress=False)
+    assert not hit and other["cls"].shape[0] == 2  # different files, different key
+
+
+def test_linear_probe_command(tiny_model, tiny_processor, tmp_path):
+    model_dir = tmp_path / "model"
+    tiny_model.save_pretrained(model_dir)
+    tiny_processor.save_pretrained(model_dir)
+    output = tmp_path / "probe"
+    arguments = [
+        "linear-probe",
+        "--model",
+        str(model_dir),
+        "--csv",
+        str(_labelled_sample(tmp_path)),
+        "--val-fraction",
+        "0.34",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--output",
+        str(output),
+    ]
+    results = train_downstream.main(arguments)
+    assert results["n_images"] == 12 and not results["features_from_cache"]
+    assert results["class_names"] == ["bacterial", "normal", "viral"]
+    saved = json.loads((output / "metrics.json").read_text())
+    assert 0.0 <= saved["accuracy"]["value"] <= 1.0 and "macro" in saved["auroc"]
+    assert (output / "roc_curves.png").stat().st_size > 1000 and (output / "confusion_matrix.png").exists()
+    assert train_downstream.main(arguments)["features_from_cache"]
+
+
+def test_linear_probe_reports_missing_columns(tmp_path):
+    path = tmp_path / "bad.csv"
+    path.write_text("file,diagnosis\nx.png,normal\n")
+    with pytest.raises(ValueError, match="lacks column"):
+        train_downstream.main(["linear-probe", "--model", "random", "--csv", str(path)])
