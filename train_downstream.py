@@ -3,6 +3,7 @@
 Subcommands:
   features      encode a folder of radiographs (PNG, JPEG, 16-bit, DICOM) and save CLS + patch features and a
                 patch-feature PCA picture. With no arguments it runs on the embedded sample in data/sample.
+  visualize     for each image or DICOM given: patch-feature PCA and the last layer's CLS attention per head.
   linear-probe  logistic regression on frozen features (CLS + mean patch token) of images listed in a CSV with a
                 label and a patient column; patient-level split; accuracy, AUROC, AUPRC with 95 % bootstrap CIs,
                 ROC curves and a confusion matrix. Features are cached, so reruns skip the encoder.
@@ -11,6 +12,7 @@ Examples:
   python train_downstream.py features
   python train_downstream.py features --images ../shared/data/dicom --model ./my-rad-dino --output outputs/dicom
   python train_downstream.py linear-probe --model outputs/pretrain/export
+  python train_downstream.py visualize ../shared/data/dicom/RG1_UNCR.dcm --model outputs/pretrain/export
 """
 
 import argparse
@@ -24,10 +26,10 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from image_processing_rad_dino import read_image
 from rad_dino.eval_plots import plot_confusion_matrix, plot_roc_curves
 from rad_dino.features import RELEASED_MODEL_ID, cached_features, extract_features, list_images, load_encoder
-from rad_dino.plots import patch_pca_rgb, save_pca_figure
+from modeling_rad_dino import RadDinoModel
+from rad_dino.plots import cls_attention_maps, patch_pca_rgb, save_attention_figure, save_pca_figure
 from rad_dino.probe import linear_probe, patient_split
 
 logger = logging.getLogger("rad_dino")
@@ -55,7 +57,7 @@ def run_features(args: argparse.Namespace) -> None:
     # Show each radiograph as the encoder saw it: resized and centre-cropped, un-normalised.
     views = [
         processor(image, return_tensors="pt")["pixel_values"][0, 0] * processor.image_std[0] + processor.image_mean[0]
-        for image in (read_image(path) for path in shown)
+        for image in (str(path) for path in shown)
     ]
     picture = save_pca_figure(
         [view.clamp(0, 1).numpy() for view in views],
@@ -75,6 +77,27 @@ def run_features(args: argparse.Namespace) -> None:
     logger.info(
         "Features: %s; picture: %s; %.2f images/s", output / "features.safetensors", picture, len(files) / seconds
     )
+
+
+def run_visualize(args: argparse.Namespace) -> list[Path]:
+    model, processor, model_name = load_encoder(args.model, random_fallback=args.model == RELEASED_MODEL_ID)
+    # Attention maps need the eager attention path (sdpa never materialises the weights).
+    eager = RadDinoModel._from_config(model.config, attn_implementation="eager").eval()
+    eager.load_state_dict(model.state_dict())
+    output, pictures = Path(args.output), []
+    for source in args.images:
+        pixels = processor(str(source), return_tensors="pt")["pixel_values"]
+        with torch.inference_mode():
+            result = eager(pixels, output_attentions=True)
+        grid = tuple(result.patch_embeddings.shape[-2:])
+        view = (pixels[0, 0] * processor.image_std[0] + processor.image_mean[0]).clamp(0, 1).numpy()
+        path = output / f"{Path(source).stem}_attention.png"
+        save_attention_figure(
+            view, cls_attention_maps(result.attentions[-1], grid)[0], patch_pca_rgb(result.patch_embeddings)[0], path
+        )
+        pictures.append(path)
+        logger.info("%s -> %s (%s)", source, path, model_name)
+    return pictures
 
 
 def read_labelled_csv(args: argparse.Namespace) -> tuple[list[Path], np.ndarray, np.ndarray, list[str]]:
@@ -158,6 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
     features.add_argument("--output", default="outputs/features", help="output folder")
     features.add_argument("--max-pictures", type=int, default=8, help="images shown in the PCA picture")
     features.set_defaults(run=run_features)
+
+    visualize = commands.add_parser("visualize", help="patch PCA and CLS attention maps of images or DICOM files")
+    visualize.add_argument("images", nargs="+", help="image or DICOM files")
+    add_model_arguments(visualize)
+    visualize.add_argument("--output", default="outputs/visualize")
+    visualize.set_defaults(run=run_visualize)
 
     probe = commands.add_parser("linear-probe", help="logistic regression on frozen features, patient split")
     add_model_arguments(probe)

@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from configuration_rad_dino import RadDinoConfig
-from image_processing_rad_dino import RadDinoImageProcessor, read_image
+from image_processing_rad_dino import RadDinoImageProcessor
 from modeling_rad_dino import RadDinoModel
 from rad_dino.fingerprint import files_digest, parameter_digest
 
@@ -74,8 +74,8 @@ def extract_features(
     with tqdm(total=len(files), desc="Encoding", unit="img", disable=not progress) as bar:
         for start in range(0, len(files), batch_size):
             batch_files = files[start : start + batch_size]
-            images = [read_image(path) for path in batch_files]
-            pixels = processor(images, return_tensors="pt")["pixel_values"]
+            # Paths, not arrays: the processor reads them and applies the DICOM / 16-bit conversion itself.
+            pixels = processor([str(path) for path in batch_files], return_tensors="pt")["pixel_values"]
             output = model(pixels)
             cls_batches.append(output.cls_embeddings.float())
             patch_batches.append(output.patch_embeddings.float())

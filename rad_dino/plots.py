@@ -79,3 +79,31 @@ def plot_training_curves(metrics_jsonl: str | Path, path: str | Path) -> Path:
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
+
+
+def cls_attention_maps(attentions: torch.Tensor, grid: tuple[int, int]) -> np.ndarray:
+    """CLS-to-patch attention of one layer: `(B, heads, 1 + N, 1 + N)` -> `(B, heads, h, w)`, each map summing to 1."""
+    maps = attentions[:, :, 0, 1:]
+    maps = maps / maps.sum(dim=-1, keepdim=True)
+    return maps.unflatten(-1, grid).float().numpy()
+
+
+def save_attention_figure(image: np.ndarray, maps: np.ndarray, pca_rgb: np.ndarray, path: str | Path) -> Path:
+    """Radiograph, its patch PCA and the last layer's CLS attention per head. `maps` `(heads, h, w)`."""
+    columns = 2 + len(maps)
+    figure, axes = plt.subplots(1, columns, figsize=(2.2 * columns, 2.5))
+    axes[0].imshow(image, cmap="gray")
+    axes[0].set_title("input (as encoded)", fontsize=7)
+    axes[1].imshow(pca_rgb, interpolation="nearest")
+    axes[1].set_title("patch PCA", fontsize=7)
+    for head, (axis, attention) in enumerate(zip(axes[2:], maps)):
+        axis.imshow(attention, cmap="inferno", interpolation="nearest")
+        axis.set_title(f"CLS attention, head {head}", fontsize=7)
+    for axis in axes:
+        axis.axis("off")
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

@@ -137,3 +137,29 @@ def test_linear_probe_reports_missing_columns(tmp_path):
     path.write_text("file,diagnosis\nx.png,normal\n")
     with pytest.raises(ValueError, match="lacks column"):
         train_downstream.main(["linear-probe", "--model", "random", "--csv", str(path)])
+
+
+def test_dicom_features_and_visualize(tiny_model, tiny_processor, shared_data, tmp_path):
+    """DICOM goes through the processor's own conversion (modality/VOI LUT, MONOCHROME1, min-max), not raw floats."""
+    dicom = shared_data / "dicom" / "RG1_UNCR.dcm"
+    features = extract_features(tiny_model, tiny_processor, [dicom], progress=False)
+    assert torch.isfinite(features["cls"]).all()
+    model_dir = tmp_path / "model"
+    tiny_model.save_pretrained(model_dir)
+    tiny_processor.save_pretrained(model_dir)
+    pictures = train_downstream.main(
+        ["visualize", str(dicom), str(list_images(SAMPLE)[0]), "--model", str(model_dir), "--output", str(tmp_path)]
+    )
+    assert [p.name for p in pictures] == ["RG1_UNCR_attention.png", f"{list_images(SAMPLE)[0].stem}_attention.png"]
+    assert all(p.stat().st_size > 1000 for p in pictures)
+
+
+def test_cls_attention_maps_are_distributions():
+    from rad_dino.plots import cls_attention_maps
+
+    attentions = torch.softmax(torch.randn(2, 3, 17, 17), dim=-1)
+    maps = cls_attention_maps(attentions, (4, 4))
+    assert maps.shape == (2, 3, 4, 4)
+    assert np.allclose(maps.sum(axis=(2, 3)), 1.0)
+    expected = attentions[1, 2, 0, 1:] / attentions[1, 2, 0, 1:].sum()
+    assert np.allclose(maps[1, 2].ravel(), expected.numpy())
