@@ -180,6 +180,11 @@ class RadDinoForSemanticSegmentation(Dinov2PreTrainedModel):
             )
         self.post_init()
 
+    def decode(self, patch_maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """`(B, D, h, w)` encoder patch maps -> `(B, num_labels, *size)` logits (also for cached frozen features)."""
+        logits = self.decoder(patch_maps)
+        return nn.functional.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+
     @can_return_tuple
     def forward(
         self, pixel_values: torch.Tensor | None = None, labels: torch.Tensor | None = None, **kwargs
@@ -191,8 +196,7 @@ class RadDinoForSemanticSegmentation(Dinov2PreTrainedModel):
         Returns logits of shape `(B, num_labels, H, W)`, the input's height and width.
         """
         outputs = self.dinov2(pixel_values, **kwargs)
-        logits = self.decoder(outputs.patch_embeddings)
-        logits = nn.functional.interpolate(logits, size=pixel_values.shape[-2:], mode="bilinear", align_corners=False)
+        logits = self.decode(outputs.patch_embeddings, pixel_values.shape[-2:])
         loss = None
         if labels is not None:
             loss = nn.functional.cross_entropy(logits, labels.long(), ignore_index=self.ignore_index)

@@ -3,6 +3,9 @@
 Subcommands:
   features      encode a folder of radiographs (PNG, JPEG, 16-bit, DICOM) and save CLS + patch features and a
                 patch-feature PCA picture. With no arguments it runs on the embedded sample in data/sample.
+  segment       train a segmentation decoder (linear or upsampling) on a frozen encoder's patch maps from
+                folders with a metadata.csv (file, patient, lung_mask columns); patient split; lung Dice with a 95 %
+                bootstrap interval, pooled Dice/IoU, overlay pictures, and the model saved for from_pretrained.
   visualize     for each image or DICOM given: patch-feature PCA and the last layer's CLS attention per head.
   linear-probe  logistic regression on frozen features (CLS + mean patch token) of images listed in a CSV with a
                 label and a patient column; patient-level split; accuracy, AUROC, AUPRC with 95 % bootstrap CIs,
@@ -12,10 +15,12 @@ Examples:
   python train_downstream.py features
   python train_downstream.py features --images ../shared/data/dicom --model ./my-rad-dino --output outputs/dicom
   python train_downstream.py linear-probe --model outputs/pretrain/export
+  python train_downstream.py segment --model outputs/pretrain/export
   python train_downstream.py visualize ../shared/data/dicom/RG1_UNCR.dcm --model outputs/pretrain/export
 """
 
 import argparse
+import copy
 import csv
 import json
 import logging
@@ -26,16 +31,19 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from rad_dino.eval_plots import plot_confusion_matrix, plot_roc_curves
+from modeling_rad_dino import RadDinoForSemanticSegmentation, RadDinoModel
+from rad_dino.eval_plots import plot_confusion_matrix, plot_roc_curves, plot_segmentation_overlay
 from rad_dino.features import RELEASED_MODEL_ID, cached_features, extract_features, list_images, load_encoder
-from modeling_rad_dino import RadDinoModel
 from rad_dino.plots import cls_attention_maps, patch_pca_rgb, save_attention_figure, save_pca_figure
 from rad_dino.probe import linear_probe, patient_split
+from rad_dino.segmentation import foreground_dice, mask_like_processor, predict, train_decoder
 
 logger = logging.getLogger("rad_dino")
 REPO = Path(__file__).resolve().parent
 SAMPLE_IMAGES = REPO / "data" / "sample" / "images"
-PEDIATRIC_CSV = REPO.parent / "shared" / "data" / "pediatric-pneumonia" / "train.csv"
+SHARED_DATA = REPO.parent / "shared" / "data"
+PEDIATRIC_CSV = SHARED_DATA / "pediatric-pneumonia" / "train.csv"
+MASKED_SETS = [SHARED_DATA / "hannover-covid", SHARED_DATA / "covid-chestxray"]
 
 
 def run_features(args: argparse.Namespace) -> None:
@@ -98,6 +106,76 @@ def run_visualize(args: argparse.Namespace) -> list[Path]:
         pictures.append(path)
         logger.info("%s -> %s (%s)", source, path, model_name)
     return pictures
+
+
+def read_masked_sets(folders: list[str], mask_column: str) -> tuple[list[Path], list[Path], np.ndarray]:
+    """(image, mask, patient) of every row with a mask in each folder's metadata.csv; patients namespaced by folder."""
+    images, masks, patients = [], [], []
+    for folder in map(Path, folders):
+        with open(folder / "metadata.csv", encoding="utf-8", newline="") as handle:
+            for row in csv.DictReader(handle):
+                if row.get(mask_column):
+                    images.append(folder / row["file"])
+                    masks.append(folder / row[mask_column])
+                    patients.append(f"{folder.name}/{row['patient']}")
+    if not images:
+        raise ValueError(f"No rows with a {mask_column!r} mask in {folders}")
+    return images, masks, np.array(patients)
+
+
+def run_segment(args: argparse.Namespace) -> dict:
+    images, mask_files, patients = read_masked_sets(args.data, args.mask_column)
+    encoder, processor, model_name = load_encoder(args.model, random_fallback=args.model == RELEASED_MODEL_ID)
+    features, from_cache = cached_features(encoder, processor, images, args.cache_dir, batch_size=args.batch_size)
+    masks = torch.from_numpy(np.stack([mask_like_processor(str(path), processor) for path in mask_files]))
+    train, val = patient_split(patients, args.val_fraction, args.seed)
+    logger.info("Segmentation: %d train / %d validation images, no patient in both", len(train), len(val))
+
+    config = copy.deepcopy(encoder.config)
+    config.num_labels, config.segmentation_decoder = 2, args.decoder
+    config.id2label, config.label2id = {0: "background", 1: "lung"}, {"background": 0, "lung": 1}
+    torch.manual_seed(args.seed)
+    model = RadDinoForSemanticSegmentation(config)
+    model.dinov2.load_state_dict(encoder.state_dict())
+    start = time.perf_counter()
+    losses = train_decoder(model, features["patch"][train], masks[train], args.epochs, args.lr, seed=args.seed)
+    train_seconds = time.perf_counter() - start
+    predictions = predict(model.eval(), features["patch"][val], tuple(masks.shape[-2:]))
+    results = foreground_dice(predictions, masks[val].numpy(), seed=args.seed)
+    results.update(
+        model=model_name,
+        decoder=args.decoder,
+        epochs=args.epochs,
+        final_train_loss=losses[-1],
+        train_seconds=round(train_seconds, 1),
+        features_from_cache=from_cache,
+        n_train=int(len(train)),
+    )
+    output = Path(args.output)
+    model.save_pretrained(output / "model")
+    processor.save_pretrained(output / "model")
+    for index in val[: args.pictures]:
+        pixels = processor(str(images[index]), return_tensors="pt")["pixel_values"][0, 0]
+        view = ((pixels * processor.image_std[0] + processor.image_mean[0]).clamp(0, 1) * 255).byte().numpy()
+        position = int(np.where(val == index)[0][0])
+        plot_segmentation_overlay(
+            view,
+            predictions[position],
+            masks[index].numpy(),
+            output / f"overlay_{images[index].stem}.png",
+            class_names=["background", "lung"],
+        )
+    (output / "metrics.json").write_text(json.dumps(results, indent=2))
+    dice = results["lung_dice_per_image"]
+    logger.info(
+        "lung Dice %.3f (95%% CI %.3f-%.3f) over %d validation images; model, metrics and overlays in %s",
+        dice["value"],
+        dice["ci_low"],
+        dice["ci_high"],
+        results["n_images"],
+        output,
+    )
+    return results
 
 
 def read_labelled_csv(args: argparse.Namespace) -> tuple[list[Path], np.ndarray, np.ndarray, list[str]]:
@@ -181,6 +259,25 @@ def build_parser() -> argparse.ArgumentParser:
     features.add_argument("--output", default="outputs/features", help="output folder")
     features.add_argument("--max-pictures", type=int, default=8, help="images shown in the PCA picture")
     features.set_defaults(run=run_features)
+
+    segment = commands.add_parser("segment", help="segmentation decoder on a frozen encoder, lung Dice")
+    add_model_arguments(segment)
+    segment.add_argument(
+        "--data",
+        nargs="+",
+        default=[str(p) for p in MASKED_SETS],
+        help="folders with metadata.csv (file, patient and mask columns)",
+    )
+    segment.add_argument("--mask-column", default="lung_mask")
+    segment.add_argument("--decoder", choices=["linear", "upsample"], default="linear")
+    segment.add_argument("--epochs", type=int, default=30)
+    segment.add_argument("--lr", type=float, default=1e-3)
+    segment.add_argument("--val-fraction", type=float, default=0.25, help="share of patients held out")
+    segment.add_argument("--seed", type=int, default=0)
+    segment.add_argument("--pictures", type=int, default=4, help="overlay pictures of validation images")
+    segment.add_argument("--cache-dir", default="outputs/feature_cache")
+    segment.add_argument("--output", default="outputs/segment")
+    segment.set_defaults(run=run_segment)
 
     visualize = commands.add_parser("visualize", help="patch PCA and CLS attention maps of images or DICOM files")
     visualize.add_argument("images", nargs="+", help="image or DICOM files")
