@@ -5,6 +5,7 @@ compute DINO + iBOT + KoLeo, step the student, move the teacher towards it (EMA)
 (centers restored, no optimizer step) and counted; too many in a row stop the run with a clear error.
 """
 
+import gc
 import json
 import logging
 import math
@@ -382,9 +383,22 @@ class Pretrainer:
                 push_to_hub(export_dir, self.options.push_to_hub)
         if self.tensorboard is not None:
             self.tensorboard.close()
-        accelerator.wait_for_everyone()
+        self._release_process_group_users()
         accelerator.end_training()
         return summary
+
+    def _release_process_group_users(self) -> None:
+        """Free the DDP wrapper while every rank is still alive.
+
+        Its gradient reducer holds the process group; destroyed later (at garbage collection, after a peer has
+        exited), gloo's destructor waits for that peer forever.
+        """
+        self.accelerator.wait_for_everyone()
+        self.student = self.accelerator.unwrap_model(self.student)
+        self.optimizer = None
+        self.accelerator.free_memory()
+        gc.collect()
+        self.accelerator.wait_for_everyone()
 
 
 def pretrain(recipe: RecipeConfig, options: RunOptions | None = None) -> dict:
