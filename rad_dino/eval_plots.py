@@ -13,16 +13,9 @@ from sklearn.metrics import confusion_matrix as sklearn_confusion_matrix  # noqa
 from sklearn.metrics import roc_curve  # noqa: E402
 
 from rad_dino.metrics import auroc, dice_iou_from_counts, segmentation_counts  # noqa: E402
+from rad_dino.plots import save_figure  # noqa: E402
 
 IGNORE_COLOUR = (1.0, 0.0, 1.0)  # magenta: not used by the class palette
-
-
-def _save(figure: plt.Figure, path: str | Path, dpi: int = 110) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=dpi)
-    plt.close(figure)
-    return path
 
 
 def plot_roc_curves(
@@ -66,7 +59,7 @@ def plot_roc_curves(
     axis.set_title(title, fontsize=10)
     axis.legend(fontsize=7, loc="lower right")
     figure.tight_layout()
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_confusion_matrix(
@@ -102,7 +95,7 @@ def plot_confusion_matrix(
     axis.set_title(title, fontsize=10)
     figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04, label="fraction of row")
     figure.tight_layout()
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def _colour_mask(mask: np.ndarray, num_classes: int, ignore_index: int, alpha: float) -> np.ndarray:
@@ -169,4 +162,4 @@ def plot_segmentation_overlay(
             text = f"Dice: n/a (labels outside [0, {num_classes}) at scored pixels)"
         figure.suptitle(text, fontsize=9)
     figure.tight_layout(rect=(0, 0.06, 1, 1))
-    return _save(figure, path)
+    return save_figure(figure, path)

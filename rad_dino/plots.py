@@ -11,6 +11,15 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 
+def save_figure(figure: plt.Figure, path: str | Path, dpi: int = 110) -> Path:
+    """Write `figure` as PNG (creating folders), close it, return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=dpi)
+    plt.close(figure)
+    return path
+
+
 def patch_pca_rgb(patch_maps: torch.Tensor, n_components: int = 3) -> np.ndarray:
     """First principal components of patch tokens, fitted jointly over all images, as RGB.
 
@@ -44,11 +53,7 @@ def save_pca_figure(
         axes[row, 2 * column + 1].imshow(rgb, interpolation="nearest")
         axes[row, 2 * column + 1].set_title("patch PCA", fontsize=7)
     figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def plot_training_curves(metrics_jsonl: str | Path, path: str | Path) -> Path:
@@ -75,10 +80,7 @@ def plot_training_curves(metrics_jsonl: str | Path, path: str | Path) -> Path:
         if len(keys) > 1:
             axis.legend(fontsize=7)
     figure.tight_layout()
-    path = Path(path)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def cls_attention_maps(attentions: torch.Tensor, grid: tuple[int, int]) -> np.ndarray:
@@ -102,8 +104,4 @@ def save_attention_figure(image: np.ndarray, maps: np.ndarray, pca_rgb: np.ndarr
     for axis in axes:
         axis.axis("off")
     figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)

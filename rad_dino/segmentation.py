@@ -7,7 +7,7 @@ from torch import nn
 
 from image_processing_rad_dino import RadDinoImageProcessor
 from modeling_rad_dino import RadDinoForSemanticSegmentation
-from rad_dino.metrics import bootstrap, interval, segmentation_metrics
+from rad_dino.metrics import bootstrap, dice_iou_from_counts, interval, segmentation_counts, segmentation_metrics
 
 
 def mask_like_processor(path: str, processor: RadDinoImageProcessor) -> np.ndarray:
@@ -68,13 +68,12 @@ def predict(model: RadDinoForSemanticSegmentation, patch_maps: torch.Tensor, siz
 def foreground_dice(predictions: np.ndarray, targets: np.ndarray, ignore_index: int = 255, seed: int = 0) -> dict:
     """Per-image Dice of class 1 (lung), its mean with a 95 % bootstrap interval over images, and the pooled
     (dataset-level) Dice / IoU per class from `rad_dino.metrics.segmentation_metrics`."""
-    per_image = []
-    for prediction, target in zip(predictions, targets):
-        keep = target != ignore_index
-        predicted, reference = (prediction == 1) & keep, (target == 1) & keep
-        denominator = predicted.sum() + reference.sum()
-        per_image.append(2.0 * (predicted & reference).sum() / denominator if denominator else np.nan)
-    per_image = np.asarray(per_image)
+    per_image = np.array(
+        [
+            dice_iou_from_counts(*segmentation_counts(prediction, target, 2, ignore_index))[0][1]
+            for prediction, target in zip(predictions, targets)
+        ]
+    )
     valid = per_image[np.isfinite(per_image)]
     samples = bootstrap(lambda values: np.array([values.mean()]), [valid], seed=seed)[:, 0]
     return {

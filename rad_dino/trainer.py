@@ -22,6 +22,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from modeling_rad_dino import RadDinoModel
 from rad_dino.augment import MultiCropAugmentation
 from rad_dino.checkpoint import TrainState, latest_checkpoint, save_checkpoint
 from rad_dino.data import MultiCropMapper, build_stream, collate_crops, parse_source
@@ -31,7 +32,13 @@ from rad_dino.masking import sample_batch_masks
 from rad_dino.plots import plot_training_curves
 from rad_dino.recipe import RecipeConfig
 from rad_dino.schedules import apply_schedules, build_schedules, fuse_param_groups, param_groups
-from rad_dino.ssl_model import SelfDistillationObjective, build_student_teacher, ema_update, initial_backbone
+from rad_dino.ssl_model import (
+    SelfDistillationNetwork,
+    SelfDistillationObjective,
+    build_student_teacher,
+    ema_update,
+    initial_backbone,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -360,7 +367,8 @@ class Pretrainer:
         if accelerator.is_main_process:
             teacher = self.teacher
             if teacher_state is not None:  # gather the FSDP shards into a plain copy for export
-                _, teacher = build_student_teacher(initial_backbone(self.recipe)[0], self.recipe)
+                config = accelerator.unwrap_model(self.teacher).backbone.config
+                teacher = SelfDistillationNetwork(RadDinoModel(config), self.recipe)
                 teacher.load_state_dict(teacher_state)
             export_teacher(teacher, export_dir, self.recipe, summary)
             if metrics_path.exists():
