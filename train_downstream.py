@@ -46,6 +46,11 @@ PEDIATRIC_CSV = SHARED_DATA / "pediatric-pneumonia" / "train.csv"
 MASKED_SETS = [SHARED_DATA / "hannover-covid", SHARED_DATA / "covid-chestxray"]
 
 
+def encoder_view(processor, pixel_values: torch.Tensor) -> np.ndarray:
+    """The radiograph as the encoder saw it: `(1, 3, H, W)` normalised pixels -> `(H, W)` grey in [0, 1]."""
+    return (pixel_values[0, 0] * processor.image_std[0] + processor.image_mean[0]).clamp(0, 1).numpy()
+
+
 def run_features(args: argparse.Namespace) -> None:
     files = list_images(args.images)
     model, processor, model_name = load_encoder(args.model, random_fallback=args.model == RELEASED_MODEL_ID)
@@ -62,13 +67,9 @@ def run_features(args: argparse.Namespace) -> None:
         metadata={"model": model_name, "files": json.dumps([str(path) for path in files])},
     )
     shown = files[: args.max_pictures]
-    # Show each radiograph as the encoder saw it: resized and centre-cropped, un-normalised.
-    views = [
-        processor(image, return_tensors="pt")["pixel_values"][0, 0] * processor.image_std[0] + processor.image_mean[0]
-        for image in (str(path) for path in shown)
-    ]
+    views = [encoder_view(processor, processor(str(path), return_tensors="pt")["pixel_values"]) for path in shown]
     picture = save_pca_figure(
-        [view.clamp(0, 1).numpy() for view in views],
+        views,
         patch_pca_rgb(features["patch"][: len(shown)]),
         [path.name for path in shown],
         output / "patch_pca.png",
@@ -98,7 +99,7 @@ def run_visualize(args: argparse.Namespace) -> list[Path]:
         with torch.inference_mode():
             result = eager(pixels, output_attentions=True)
         grid = tuple(result.patch_embeddings.shape[-2:])
-        view = (pixels[0, 0] * processor.image_std[0] + processor.image_mean[0]).clamp(0, 1).numpy()
+        view = encoder_view(processor, pixels)
         path = output / f"{Path(source).stem}_attention.png"
         save_attention_figure(
             view, cls_attention_maps(result.attentions[-1], grid)[0], patch_pca_rgb(result.patch_embeddings)[0], path
@@ -155,8 +156,8 @@ def run_segment(args: argparse.Namespace) -> dict:
     model.save_pretrained(output / "model")
     processor.save_pretrained(output / "model")
     for index in val[: args.pictures]:
-        pixels = processor(str(images[index]), return_tensors="pt")["pixel_values"][0, 0]
-        view = ((pixels * processor.image_std[0] + processor.image_mean[0]).clamp(0, 1) * 255).byte().numpy()
+        view = encoder_view(processor, processor(str(images[index]), return_tensors="pt")["pixel_values"])
+        view = (view * 255).astype(np.uint8)
         position = int(np.where(val == index)[0][0])
         plot_segmentation_overlay(
             view,
