@@ -10,7 +10,7 @@ may import transformers and nothing from this repository.
 """
 
 from huggingface_hub.dataclasses import strict
-from transformers import Dinov2Config
+from transformers import Dinov2Config, LlavaConfig
 
 # Names written to disk in place of ours, so the saved directory reads as a stock DINOv2 checkpoint. Only classes whose
 # weights a stock class loads unchanged are listed; anything else is saved as `rad_dino` (remote code).
@@ -109,4 +109,33 @@ class RadDinoConfig(Dinov2Config):
         return output
 
 
-__all__ = ["RadDinoConfig"]
+@strict
+class RadDinoLlavaConfig(LlavaConfig):
+    r"""
+    Configuration of a LLaVA-style report generator with a RAD-DINO vision tower: `LlavaConfig` (vision_config = the
+    encoder's `Dinov2Config`, text_config = any causal LM's config, a 2-layer GELU MLP projector) plus token pooling.
+
+    image_token_pooling (`int`, defaults to 1):
+        Side of the square average pooling applied to the patch-token grid before the projector: 1 keeps all
+        37 x 37 = 1,369 tokens at 518 px, 2 gives 18 x 18 = 324 (the grid is floored, as `avg_pool2d`).
+    vision_feature_layer (`int`, defaults to -1):
+        Encoder layer whose tokens are projected. -1 is the encoder output after its final LayerNorm (what RAD-DINO's
+        model card calls the patch embeddings); other indices select `hidden_states[i]` (pre-norm), as in LLaVA.
+    vision_feature_select_strategy (`str`, defaults to `"default"`):
+        `"default"` drops the CLS token, `"full"` keeps it in front of the (pooled) patch tokens.
+    """
+
+    model_type = "rad_dino_llava"
+
+    vision_feature_layer: int = -1
+    image_token_pooling: int = 1
+
+    def validate_architecture(self):
+        super().validate_architecture()
+        if not isinstance(self.vision_feature_layer, int):
+            raise ValueError("RadDinoLlavaConfig takes one vision_feature_layer (an int)")
+        if self.image_token_pooling < 1:
+            raise ValueError(f"image_token_pooling must be >= 1, got {self.image_token_pooling}")
+
+
+__all__ = ["RadDinoConfig", "RadDinoLlavaConfig"]

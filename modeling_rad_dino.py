@@ -16,9 +16,12 @@ from transformers import (
     AutoConfig,
     AutoModel,
     AutoModelForImageClassification,
+    AutoModelForImageTextToText,
     AutoModelForSemanticSegmentation,
     Dinov2Model,
     Dinov2PreTrainedModel,
+    LlavaForConditionalGeneration,
+    LlavaModel,
 )
 from transformers.conversion_mapping import (
     get_checkpoint_conversion_mapping,
@@ -28,9 +31,9 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClass
 from transformers.utils.generic import can_return_tuple
 
 try:  # loaded as remote code: a package with the config next to it
-    from .configuration_rad_dino import RadDinoConfig
+    from .configuration_rad_dino import RadDinoConfig, RadDinoLlavaConfig
 except ImportError:  # loaded from a checkout of this repository
-    from configuration_rad_dino import RadDinoConfig
+    from configuration_rad_dino import RadDinoConfig, RadDinoLlavaConfig
 
 
 @dataclass
@@ -205,6 +208,62 @@ class RadDinoForSemanticSegmentation(Dinov2PreTrainedModel):
         )
 
 
+class RadDinoLlavaModel(LlavaModel):
+    """`LlavaModel` whose image features are RAD-DINO's normed patch tokens, optionally average-pooled on the grid."""
+
+    config_class = RadDinoLlavaConfig
+    config: RadDinoLlavaConfig
+
+    def get_image_features(
+        self,
+        pixel_values: torch.Tensor,
+        vision_feature_layer: int | None = None,
+        vision_feature_select_strategy: str | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        """Project the encoder's tokens of `pixel_values` `(B, 3, H, W)`.
+
+        Returns the vision tower's output with `pooler_output` set to a list of B tensors `(T, D_text)`, where
+        T = (H/p // k) * (W/p // k) for pooling k, plus 1 with the `"full"` strategy (CLS first).
+        """
+        layer = self.config.vision_feature_layer if vision_feature_layer is None else vision_feature_layer
+        strategy = vision_feature_select_strategy or self.config.vision_feature_select_strategy
+        kwargs.pop("image_sizes", None)  # one fixed-size image per sample; Dinov2 takes no sizes
+        outputs = self.vision_tower(pixel_values, output_hidden_states=layer != -1, return_dict=True)
+        tokens = outputs.last_hidden_state if layer == -1 else outputs.hidden_states[layer]
+        vision = self.config.vision_config
+        prefix = 1 + getattr(vision, "num_register_tokens", 0)
+        height, width = pixel_values.shape[-2] // vision.patch_size, pixel_values.shape[-1] // vision.patch_size
+        patches = tokens[:, prefix:]
+        pooling = self.config.image_token_pooling
+        if pooling > 1:
+            grid = patches.transpose(1, 2).reshape(len(patches), -1, height, width)
+            patches = nn.functional.avg_pool2d(grid, pooling).flatten(2).transpose(1, 2)
+        if strategy == "full":
+            patches = torch.cat([tokens[:, :1], patches], dim=1)
+        outputs.pooler_output = list(self.multi_modal_projector(patches))
+        return outputs
+
+
+class RadDinoLlavaForConditionalGeneration(LlavaForConditionalGeneration):
+    """LLaVA-style report generator: RAD-DINO vision tower -> 2-layer GELU MLP projector -> any causal LM.
+
+    Same parts, parameter names and `generate` as `LlavaForConditionalGeneration`; only the image features differ
+    (see `RadDinoLlavaModel.get_image_features`). Build one from an encoder and a language model with
+    `rad_dino.report.builder.build_generator`.
+    """
+
+    config_class = RadDinoLlavaConfig
+    config: RadDinoLlavaConfig
+
+    def __init__(self, config: RadDinoLlavaConfig) -> None:
+        # LlavaForConditionalGeneration.__init__ would build a stock LlavaModel first; build ours instead.
+        super(LlavaForConditionalGeneration, self).__init__(config)
+        self.model = RadDinoLlavaModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+
+
 # Checkpoints in the release format store transformers 4.x parameter names (`attention.attention.query`, ...).
 # transformers 5 converts them with a table keyed on the class name or model type, and skips custom-code models
 # unless their key was registered by the user: register DINOv2's table for our model type, for both directions
@@ -216,10 +275,14 @@ AutoConfig.register(RadDinoConfig.model_type, RadDinoConfig, exist_ok=True)
 AutoModel.register(RadDinoConfig, RadDinoModel, exist_ok=True)
 AutoModelForImageClassification.register(RadDinoConfig, RadDinoForImageClassification, exist_ok=True)
 AutoModelForSemanticSegmentation.register(RadDinoConfig, RadDinoForSemanticSegmentation, exist_ok=True)
+AutoConfig.register(RadDinoLlavaConfig.model_type, RadDinoLlavaConfig, exist_ok=True)
+AutoModelForImageTextToText.register(RadDinoLlavaConfig, RadDinoLlavaForConditionalGeneration, exist_ok=True)
 RadDinoConfig.register_for_auto_class()
 RadDinoModel.register_for_auto_class("AutoModel")
 RadDinoForImageClassification.register_for_auto_class("AutoModelForImageClassification")
 RadDinoForSemanticSegmentation.register_for_auto_class("AutoModelForSemanticSegmentation")
+RadDinoLlavaConfig.register_for_auto_class()
+RadDinoLlavaForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
 
 __all__ = [
     "RadDinoModel",
@@ -227,4 +290,6 @@ __all__ = [
     "RadDinoForImageClassification",
     "RadDinoForSemanticSegmentation",
     "RadDinoAttentionPooling",
+    "RadDinoLlavaModel",
+    "RadDinoLlavaForConditionalGeneration",
 ]

@@ -9,14 +9,36 @@ Subcommands:
   visualize     for each image or DICOM given: patch-feature PCA and the last layer's CLS attention per head.
   linear-probe  logistic regression on frozen features (CLS + mean patch token) of images listed in a CSV with a
                 label and a patient column; patient-level split; accuracy, AUROC, AUPRC with 95 % bootstrap CIs,
-                ROC curves and a confusion matrix. Features are cached, so reruns skip the encoder.
+                ROC curves, a confusion matrix and per-image predictions. Features are cached, so reruns skip the
+                encoder.
+  knn           weighted k-nearest-neighbour classification of the same CSV on cached frozen features, as DINO's
+                k-NN evaluation (cosine similarity, k = 20, votes weighted by exp(similarity / 0.07)); same split,
+                metrics and pictures as linear-probe.
+  demographics  sex (logistic regression, AUROC) and age (ridge regression, MAE and Pearson r) on frozen features
+                of folders with a metadata.csv (default: covid-chestxray); rows missing a value are dropped for that
+                target; patient split; 95 % bootstrap CIs, an age scatter plot and a sex ROC curve.
+  finetune      fine-tune RadDinoForImageClassification end to end on the CSV's images (LoRA by default, or full,
+                or only the head) with Accelerate (plain or under `accelerate launch`); AdamW, cosine schedule with
+                warmup; linear-probe's metrics and pictures plus a loss curve; saves the model for from_pretrained
+                (LoRA: the adapter, and the model with the adapter merged in). On a CPU use a small encoder.
+  report        LLaVA-style report generator: the encoder's patch tokens -> 2-layer GELU MLP projector -> any causal
+                LM (a tiny local Llama by default, since none can be downloaded offline). Stage 1 trains the
+                projector, stage 2 LoRA adapters on the LM; loss on report tokens only. Generates for held-out and
+                training cases (greedy or beam search) and scores ROUGE-L, BLEU-4 and CheXpert-style finding F1
+                next to a most-common-report baseline. Default data: covid-chestxray clinical notes.
 
 Examples:
   python train_downstream.py features
   python train_downstream.py features --images ../shared/data/dicom --model ./my-rad-dino --output outputs/dicom
   python train_downstream.py linear-probe --model outputs/pretrain/export
+  python train_downstream.py knn --model outputs/pretrain/export --k 20
+  python train_downstream.py demographics --model outputs/pretrain/export
+  python train_downstream.py finetune --model outputs/learning_check/pretrain/export --epochs 3
+  accelerate launch --config_file configs/accelerate/ddp.yaml train_downstream.py finetune --model microsoft/rad-dino
   python train_downstream.py segment --model outputs/pretrain/export
   python train_downstream.py visualize ../shared/data/dicom/RG1_UNCR.dcm --model outputs/pretrain/export
+  python train_downstream.py report --encoder outputs/pretrain/export
+  python train_downstream.py report --encoder microsoft/rad-dino --lm Qwen/Qwen2.5-0.5B --image-token-pooling 2
 """
 
 import argparse
@@ -25,16 +47,48 @@ import csv
 import json
 import logging
 import time
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import Accelerator
 from safetensors.torch import save_file
 
+from configuration_rad_dino import POOLINGS
+from image_processing_rad_dino import RadDinoImageProcessor
 from modeling_rad_dino import RadDinoForSemanticSegmentation, RadDinoModel
-from rad_dino.eval_plots import plot_confusion_matrix, plot_roc_curves, plot_segmentation_overlay
+from rad_dino.demographics import demographics_probe, read_demographics
+from rad_dino.distributed import launched_without_accelerator
+from rad_dino.eval_plots import (
+    plot_confusion_matrix,
+    plot_regression_scatter,
+    plot_roc_curves,
+    plot_segmentation_overlay,
+)
 from rad_dino.features import RELEASED_MODEL_ID, cached_features, extract_features, list_images, load_encoder
-from rad_dino.plots import cls_attention_maps, patch_pca_rgb, save_attention_figure, save_pca_figure
+from rad_dino.finetune import (
+    DEFAULT_LR,
+    METHODS,
+    FinetuneOptions,
+    ImageDataset,
+    augment_radiograph,
+    classifier_from_encoder,
+    finetune,
+    processor_at,
+    save_finetuned,
+)
+from rad_dino.knn import DEFAULT_K, DEFAULT_TEMPERATURE, knn_classify
+from rad_dino.lora import DEFAULT_LORA_TARGETS
+from rad_dino.metrics import classification_metrics
+from rad_dino.plots import (
+    cls_attention_maps,
+    patch_pca_rgb,
+    plot_finetune_curves,
+    save_attention_figure,
+    save_pca_figure,
+)
+from rad_dino.report.cli import add_report_parser
 from rad_dino.probe import linear_probe, patient_split
 from rad_dino.segmentation import foreground_dice, mask_like_processor, predict, train_decoder
 
@@ -44,6 +98,7 @@ SAMPLE_IMAGES = REPO / "data" / "sample" / "images"
 SHARED_DATA = REPO.parent / "shared" / "data"
 PEDIATRIC_CSV = SHARED_DATA / "pediatric-pneumonia" / "train.csv"
 MASKED_SETS = [SHARED_DATA / "hannover-covid", SHARED_DATA / "covid-chestxray"]
+DEMOGRAPHICS_SET = SHARED_DATA / "covid-chestxray"
 
 
 def encoder_view(processor, pixel_values: torch.Tensor) -> np.ndarray:
@@ -51,9 +106,23 @@ def encoder_view(processor, pixel_values: torch.Tensor) -> np.ndarray:
     return (pixel_values[0, 0] * processor.image_std[0] + processor.image_mean[0]).clamp(0, 1).numpy()
 
 
+def encoder_from_args(args: argparse.Namespace) -> tuple[RadDinoModel, RadDinoImageProcessor, str]:
+    """`--model`'s encoder, processor and name; only the default Hub id may fall back to random weights."""
+    return load_encoder(args.model, random_fallback=args.model == RELEASED_MODEL_ID)
+
+
+def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
+    """A CSV file with `header` and `rows` (floats at full precision)."""
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
 def run_features(args: argparse.Namespace) -> None:
     files = list_images(args.images)
-    model, processor, model_name = load_encoder(args.model, random_fallback=args.model == RELEASED_MODEL_ID)
+    model, processor, model_name = encoder_from_args(args)
     logger.info("Encoding %d images from %s with %s", len(files), args.images, model_name)
     start = time.perf_counter()
     features = extract_features(model, processor, files, batch_size=args.batch_size)
@@ -89,7 +158,7 @@ def run_features(args: argparse.Namespace) -> None:
 
 
 def run_visualize(args: argparse.Namespace) -> list[Path]:
-    model, processor, model_name = load_encoder(args.model, random_fallback=args.model == RELEASED_MODEL_ID)
+    model, processor, model_name = encoder_from_args(args)
     # Attention maps need the eager attention path (sdpa never materialises the weights).
     eager = RadDinoModel._from_config(model.config, attn_implementation="eager").eval()
     eager.load_state_dict(model.state_dict())
@@ -126,7 +195,7 @@ def read_masked_sets(folders: list[str], mask_column: str) -> tuple[list[Path], 
 
 def run_segment(args: argparse.Namespace) -> dict:
     images, mask_files, patients = read_masked_sets(args.data, args.mask_column)
-    encoder, processor, model_name = load_encoder(args.model, random_fallback=args.model == RELEASED_MODEL_ID)
+    encoder, processor, model_name = encoder_from_args(args)
     features, from_cache = cached_features(encoder, processor, images, args.cache_dir, batch_size=args.batch_size)
     masks = torch.from_numpy(np.stack([mask_like_processor(str(path), processor) for path in mask_files]))
     train, val = patient_split(patients, args.val_fraction, args.seed)
@@ -197,32 +266,57 @@ def read_labelled_csv(args: argparse.Namespace) -> tuple[list[Path], np.ndarray,
     return files, labels, patients, classes
 
 
-def run_linear_probe(args: argparse.Namespace) -> dict:
+@dataclass
+class LabelledSplit:
+    """A labelled CSV's `files`, integer `labels` and `patients` `(N,)`, sorted `classes`, and the `train` / `val`
+    indices of a patient-level split."""
+
+    files: list[Path]
+    labels: np.ndarray
+    patients: np.ndarray
+    classes: list[str]
+    train: np.ndarray
+    val: np.ndarray
+
+
+def labelled_split(args: argparse.Namespace, task: str) -> LabelledSplit:
+    """`--csv`'s rows split by patient (`--val-fraction`, `--seed`)."""
     files, labels, patients, classes = read_labelled_csv(args)
-    model, processor, model_name = load_encoder(args.model, random_fallback=args.model == RELEASED_MODEL_ID)
+    train, val = patient_split(patients, args.val_fraction, args.seed)
+    logger.info("%s: %d train / %d validation images, no patient in both", task, len(train), len(val))
+    return LabelledSplit(files, labels, patients, classes, train, val)
+
+
+def frozen_features(args: argparse.Namespace, files: list[Path], pooling: str = "cls_mean") -> tuple[np.ndarray, dict]:
+    """`(N, F)` frozen features of `files` (CLS ⊕ mean patch token, or the CLS token alone), cached in `--cache-dir`,
+    and the run's facts for metrics.json."""
+    model, processor, model_name = encoder_from_args(args)
     start = time.perf_counter()
     features, from_cache = cached_features(model, processor, files, args.cache_dir, batch_size=args.batch_size)
-    encode_seconds = time.perf_counter() - start
-    vectors = torch.cat([features["cls"], features["patch"].mean(dim=(2, 3))], dim=1).numpy()
-    train, val = patient_split(patients, args.val_fraction, args.seed)
-    logger.info("Probe: %d train / %d validation images, no patient in both", len(train), len(val))
-    results = linear_probe(
-        vectors[train], labels[train], patients[train], vectors[val], labels[val], class_names=classes, seed=args.seed
-    )
-    probabilities = results.pop("probabilities")
-    output = Path(args.output)
+    parts = [features["cls"]] + ([features["patch"].mean(dim=(2, 3))] if pooling == "cls_mean" else [])
+    info = {
+        "model": model_name,
+        "n_images": len(files),
+        "features_from_cache": from_cache,
+        "encode_seconds": round(time.perf_counter() - start, 2),
+    }
+    return torch.cat(parts, dim=1).numpy(), info
+
+
+def write_classification_outputs(output: Path, results: dict, data: LabelledSplit, probabilities: np.ndarray) -> dict:
+    """metrics.json (`results`), ROC curves, a confusion matrix and the validation predictions `(N_val, C)` per image
+    (predictions.csv); logs accuracy and macro AUROC with their intervals. Returns `results`."""
     output.mkdir(parents=True, exist_ok=True)
-    plot_roc_curves(labels[val], probabilities, output / "roc_curves.png", class_names=classes)
-    plot_confusion_matrix(
-        labels[val], probabilities.argmax(axis=1), output / "confusion_matrix.png", class_names=classes
-    )
-    results.update(
-        model=model_name,
-        csv=str(args.csv),
-        n_images=len(files),
-        features_from_cache=from_cache,
-        encode_seconds=round(encode_seconds, 2),
-        seed=args.seed,
+    labels, predicted = data.labels[data.val], probabilities.argmax(axis=1)
+    plot_roc_curves(labels, probabilities, output / "roc_curves.png", class_names=data.classes)
+    plot_confusion_matrix(labels, predicted, output / "confusion_matrix.png", class_names=data.classes)
+    write_csv(
+        output / "predictions.csv",
+        ["file", "patient", "label", "predicted"] + [f"p_{name}" for name in data.classes],
+        [
+            [str(data.files[index]), data.patients[index], data.classes[label], data.classes[guess], *row.tolist()]
+            for index, label, guess, row in zip(data.val, labels, predicted, probabilities)
+        ],
     )
     (output / "metrics.json").write_text(json.dumps(results, indent=2))
     accuracy, auroc = results["accuracy"], results["auroc"]["macro"]
@@ -239,14 +333,185 @@ def run_linear_probe(args: argparse.Namespace) -> dict:
     return results
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+def run_linear_probe(args: argparse.Namespace) -> dict:
+    data = labelled_split(args, "Probe")
+    vectors, info = frozen_features(args, data.files)
+    train, val = data.train, data.val
+    results = linear_probe(
+        vectors[train],
+        data.labels[train],
+        data.patients[train],
+        vectors[val],
+        data.labels[val],
+        data.classes,
+        args.seed,
+    )
+    probabilities = results.pop("probabilities")
+    results.update(info, csv=str(args.csv), seed=args.seed)
+    return write_classification_outputs(Path(args.output), results, data, probabilities)
+
+
+def run_knn(args: argparse.Namespace) -> dict:
+    data = labelled_split(args, "k-NN")
+    vectors, info = frozen_features(args, data.files, args.features)
+    probabilities = knn_classify(
+        vectors[data.train], data.labels[data.train], vectors[data.val], len(data.classes), args.k, args.temperature
+    ).numpy()
+    results = classification_metrics(data.labels[data.val], probabilities, class_names=data.classes, seed=args.seed)
+    results.update(info, k=args.k, temperature=args.temperature, features=args.features, n_train=len(data.train))
+    results.update(csv=str(args.csv), seed=args.seed)
+    return write_classification_outputs(Path(args.output), results, data, probabilities)
+
+
+def run_demographics(args: argparse.Namespace) -> dict:
+    table = read_demographics(args.data, args.sex_column, args.age_column)
+    vectors, info = frozen_features(args, table.files)
+    train, val = patient_split(table.patients, args.val_fraction, args.seed)
+    logger.info("Demographics: %d train / %d validation images, no patient in both", len(train), len(val))
+    results, predictions = demographics_probe(vectors, table, train, val, seed=args.seed)
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    summary = []
+    if "age" in predictions:
+        mae, r = results["age"]["mae"], results["age"]["pearson_r"]
+        summary.append(
+            f"age MAE {mae['value']:.1f} y ({mae['ci_low']:.1f}-{mae['ci_high']:.1f}), "
+            f"r {r['value']:.2f} ({r['ci_low']:.2f}-{r['ci_high']:.2f})"
+        )
+        age = predictions["age"]
+        plot_regression_scatter(age.targets, age.predictions, output / "age_scatter.png", title=summary[-1])
+    if "sex" in predictions:
+        auroc = results["sex"]["auroc"]
+        summary.append(f"sex AUROC {auroc['value']:.3f} ({auroc['ci_low']:.3f}-{auroc['ci_high']:.3f})")
+        sex = predictions["sex"]
+        plot_roc_curves(
+            sex.targets[:, None],
+            sex.predictions[:, None],
+            output / "sex_roc.png",
+            class_names=["male"],
+            multilabel=True,
+            title=summary[-1],
+        )
+    write_csv(
+        output / "predictions.csv",
+        ["target", "file", "patient", "true", "predicted"],
+        [
+            [name, str(table.files[row]), table.patients[row], truth, guess]
+            for name, target in predictions.items()
+            for row, truth, guess in zip(target.rows, target.targets, target.predictions)
+        ],
+    )
+    results.update(info, data=[str(folder) for folder in args.data], seed=args.seed)
+    (output / "metrics.json").write_text(json.dumps(results, indent=2))
+    logger.info("%s; metrics and pictures in %s", "; ".join(summary), output)
+    return results
+
+
+def run_finetune(args: argparse.Namespace) -> dict:
+    accelerator = Accelerator(
+        mixed_precision=args.mixed_precision,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        cpu=launched_without_accelerator(),
+    )
+    if not accelerator.is_main_process:  # one process speaks; the others only warn
+        logging.getLogger().setLevel(logging.WARNING)
+    data = labelled_split(args, "Fine-tuning")
+    encoder, processor, model_name = encoder_from_args(args)
+    size = args.image_size or int(np.min(encoder.config.image_size))
+    processor = processor_at(processor, size)
+    model = classifier_from_encoder(encoder, data.classes, args.pooling, args.seed)
+    options = FinetuneOptions(**{option.name: getattr(args, option.name) for option in fields(FinetuneOptions)})
+    train_files, val_files = [data.files[i] for i in data.train], [data.files[i] for i in data.val]
+    augment = augment_radiograph if args.augment else None
+    train_set = ImageDataset(train_files, data.labels[data.train], processor, augment)
+    val_set = ImageDataset(val_files, data.labels[data.val], processor)
+    logger.info("Fine-tuning (%s) %s at %d px on %s", args.method, model_name, size, accelerator.device)
+    start = time.perf_counter()
+    result = finetune(accelerator, model, train_set, val_set, options)
+    results = classification_metrics(data.labels[data.val], result.probabilities, data.classes, seed=args.seed)
+    results.update(
+        model=model_name,
+        method=args.method,
+        image_size=size,
+        trainable_parameters=sum(p.numel() for p in result.model.parameters() if p.requires_grad),
+        history=result.history,
+        train_seconds=round(time.perf_counter() - start, 1),
+        n_train=len(data.train),
+        csv=str(args.csv),
+        seed=args.seed,
+        options={name: value for name, value in vars(args).items() if name not in ("run", "command")},
+    )
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:  # every process holds the gathered predictions; one writes
+        output = Path(args.output)
+        write_classification_outputs(output, results, data, result.probabilities)
+        plot_finetune_curves(
+            result.batch_losses, [epoch["val_accuracy"] for epoch in result.history], output / "loss_curve.png"
+        )
+        save_finetuned(result.model, processor, output)
+    return results
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, batch_size: int = 4) -> None:
     parser.add_argument(
         "--model",
         default=RELEASED_MODEL_ID,
         help=f"Hub id or directory (default {RELEASED_MODEL_ID}; offline without a cache it falls back to random "
         "weights with a warning), or 'random'",
     )
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=batch_size)
+
+
+def add_labelled_csv_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--csv", default=str(PEDIATRIC_CSV), help="CSV with image, label and patient columns")
+    parser.add_argument("--image-root", help="folder the CSV's image paths are relative to (default: the CSV's)")
+    parser.add_argument("--image-column", default="file")
+    parser.add_argument("--label-column", default="label")
+    parser.add_argument("--patient-column", default="patient")
+
+
+def add_split_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--val-fraction", type=float, default=0.25, help="share of patients held out")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def add_cache_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cache-dir", default="outputs/feature_cache", help="where computed features are kept")
+
+
+def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--method", choices=METHODS, default="lora", help="frozen: only the head trains")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument(
+        "--lr",
+        type=float,
+        help=f"encoder (or LoRA) learning rate; default per method: {DEFAULT_LR['full']} full, "
+        f"{DEFAULT_LR['lora']} lora",
+    )
+    parser.add_argument("--head-lr", type=float, default=1e-3, help="learning rate of the classifier head")
+    parser.add_argument("--weight-decay", type=float, default=0.05)
+    parser.add_argument("--layer-decay", type=float, default=1.0, help="layer-wise lr decay, e.g. 0.75; 1 is off")
+    parser.add_argument("--warmup-fraction", type=float, default=0.1, help="share of updates with linear warmup")
+    parser.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping; 0 is off")
+    parser.add_argument("--lora-rank", type=int, default=8)
+    parser.add_argument("--lora-alpha", type=float, default=16.0)
+    parser.add_argument("--lora-dropout", type=float, default=0.0)
+    parser.add_argument(
+        "--lora-targets", nargs="+", default=list(DEFAULT_LORA_TARGETS), help="encoder Linear names to adapt"
+    )
+    parser.add_argument("--pooling", choices=POOLINGS, default="cls_mean", help="classifier input")
+    parser.add_argument(
+        "--image-size", type=int, help="input side in pixels (default: the model's image_size; smaller is faster)"
+    )
+    parser.add_argument(
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="random crop of 80-100%% of each side and contrast/brightness jitter; never flips",
+    )
+    parser.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no")
+    parser.add_argument("--gradient-accumulation-steps", type=int, default=1)
+    parser.add_argument("--num-workers", type=int, default=0, help="data loader processes")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -273,10 +538,9 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--decoder", choices=["linear", "upsample"], default="linear")
     segment.add_argument("--epochs", type=int, default=30)
     segment.add_argument("--lr", type=float, default=1e-3)
-    segment.add_argument("--val-fraction", type=float, default=0.25, help="share of patients held out")
-    segment.add_argument("--seed", type=int, default=0)
+    add_split_arguments(segment)
     segment.add_argument("--pictures", type=int, default=4, help="overlay pictures of validation images")
-    segment.add_argument("--cache-dir", default="outputs/feature_cache")
+    add_cache_argument(segment)
     segment.add_argument("--output", default="outputs/segment")
     segment.set_defaults(run=run_segment)
 
@@ -287,17 +551,37 @@ def build_parser() -> argparse.ArgumentParser:
     visualize.set_defaults(run=run_visualize)
 
     probe = commands.add_parser("linear-probe", help="logistic regression on frozen features, patient split")
-    add_model_arguments(probe)
-    probe.add_argument("--csv", default=str(PEDIATRIC_CSV), help="CSV with image, label and patient columns")
-    probe.add_argument("--image-root", help="folder the CSV's image paths are relative to (default: the CSV's)")
-    probe.add_argument("--image-column", default="file")
-    probe.add_argument("--label-column", default="label")
-    probe.add_argument("--patient-column", default="patient")
-    probe.add_argument("--val-fraction", type=float, default=0.25, help="share of patients held out")
-    probe.add_argument("--seed", type=int, default=0)
-    probe.add_argument("--cache-dir", default="outputs/feature_cache", help="where computed features are kept")
+    knn = commands.add_parser("knn", help="weighted k-NN on frozen features (DINO's k-NN evaluation), patient split")
+    finetune_parser = commands.add_parser("finetune", help="fine-tune a classifier end to end (full, LoRA or head)")
+    for command in (probe, knn, finetune_parser):
+        add_model_arguments(command, batch_size=16 if command is finetune_parser else 4)
+        add_labelled_csv_arguments(command)
+        add_split_arguments(command)
+    for command in (probe, knn):
+        add_cache_argument(command)
     probe.add_argument("--output", default="outputs/linear_probe")
     probe.set_defaults(run=run_linear_probe)
+    knn.add_argument("--k", type=int, default=DEFAULT_K, help="neighbours that vote")
+    knn.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE, help="votes weigh exp(cosine / T)")
+    knn.add_argument("--features", choices=["cls", "cls_mean"], default="cls", help="CLS (as DINO) or CLS ⊕ mean patch")
+    knn.add_argument("--output", default="outputs/knn")
+    knn.set_defaults(run=run_knn)
+    add_finetune_arguments(finetune_parser)
+    finetune_parser.add_argument("--output", default="outputs/finetune")
+    finetune_parser.set_defaults(run=run_finetune)
+
+    demographics = commands.add_parser("demographics", help="sex (AUROC) and age (MAE, r) probes on frozen features")
+    add_model_arguments(demographics)
+    demographics.add_argument(
+        "--data", nargs="+", default=[str(DEMOGRAPHICS_SET)], help="folders with metadata.csv (file, patient, ...)"
+    )
+    demographics.add_argument("--sex-column", default="sex", help="m/male -> male (1), f/female -> female (0)")
+    demographics.add_argument("--age-column", default="age", help="years (52, 52.5 or 052Y)")
+    add_split_arguments(demographics)
+    add_cache_argument(demographics)
+    demographics.add_argument("--output", default="outputs/demographics")
+    demographics.set_defaults(run=run_demographics)
+    add_report_parser(commands)
     return parser
 
 

@@ -1,4 +1,5 @@
-"""Figures for downstream evaluation: ROC curves, confusion matrices and segmentation overlays (PNG files)."""
+"""Figures for downstream evaluation: ROC curves, confusion matrices, regression scatter plots and segmentation
+overlays (PNG files)."""
 
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,7 +31,8 @@ def plot_roc_curves(
 
     `labels` `(N,)` int or `(N, C)` {0, 1} with `multilabel=True`; `scores` `(N, C)`. The macro curve is the mean of
     the per-class TPRs interpolated on a common FPR grid; its legend shows the macro AUROC (mean of per-class AUROCs,
-    as reported by `rad_dino.metrics`). Classes without both positives and negatives are left out.
+    as reported by `rad_dino.metrics`), drawn when there are several curves. Classes without both positives and
+    negatives are left out.
     """
     labels, scores = np.asarray(labels), np.asarray(scores, np.float64)
     num_classes = scores.shape[1]
@@ -47,7 +49,7 @@ def plot_roc_curves(
         axis.plot(fpr, tpr, lw=1.2, label=f"{names[c]} (AUROC {area:.3f})")
         curves.append(np.interp(grid, fpr, tpr))
         areas.append(area)
-    if curves:
+    if len(curves) > 1:  # one curve (a binary target) is its own average
         macro = np.mean(curves, axis=0)
         macro[0] = 0.0
         axis.plot(grid, macro, color="black", lw=2.2, label=f"macro (AUROC {np.mean(areas):.3f})")
@@ -94,6 +96,27 @@ def plot_confusion_matrix(
     axis.set_ylabel("reference")
     axis.set_title(title, fontsize=10)
     figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04, label="fraction of row")
+    figure.tight_layout()
+    return save_figure(figure, path)
+
+
+def plot_regression_scatter(
+    targets: np.ndarray,
+    predictions: np.ndarray,
+    path: str | Path,
+    title: str = "",
+    quantity: str = "age (years)",
+) -> Path:
+    """Predicted against true values `(N,)` with the identity line (perfect prediction), e.g. age."""
+    targets, predictions = np.asarray(targets, np.float64), np.asarray(predictions, np.float64)
+    low, high = min(targets.min(), predictions.min()), max(targets.max(), predictions.max())
+    figure, axis = plt.subplots(figsize=(5.0, 5.0))
+    axis.scatter(targets, predictions, s=12, alpha=0.7)
+    axis.plot([low, high], [low, high], color="grey", lw=0.8, ls="--", label="identity")
+    axis.set_xlabel(f"true {quantity}")
+    axis.set_ylabel(f"predicted {quantity}")
+    axis.set_title(title, fontsize=10)
+    axis.legend(fontsize=7, loc="lower right")
     figure.tight_layout()
     return save_figure(figure, path)
 

@@ -1,9 +1,9 @@
-"""Frozen-feature linear probes with patient-level splits."""
+"""Frozen-feature linear probes (logistic and ridge regression) with patient-level splits and CV folds."""
 
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.linear_model import LogisticRegressionCV
+from sklearn.linear_model import LogisticRegressionCV, RidgeCV
 from sklearn.model_selection import GroupKFold, GroupShuffleSplit
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -11,6 +11,7 @@ from sklearn.preprocessing import StandardScaler
 from rad_dino.metrics import classification_metrics
 
 REGULARISATION_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
+RIDGE_GRID = tuple(10.0**power for power in range(-2, 7))
 
 
 def patient_split(patients: Sequence[str], val_fraction: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -20,15 +21,24 @@ def patient_split(patients: Sequence[str], val_fraction: float = 0.2, seed: int 
     return np.sort(train), np.sort(val)
 
 
-def fit_linear_probe(features: np.ndarray, labels: np.ndarray, patients: np.ndarray, seed: int = 0) -> Pipeline:
-    """Standardised multinomial logistic regression on `(N, F)` features; C by 5-fold patient-grouped CV."""
-    folds = list(GroupKFold(n_splits=5).split(features, labels, groups=patients))
+def patient_folds(patients: np.ndarray, n_splits: int = 5) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train, test) index pairs of `n_splits`-fold cross-validation in which no patient is on both sides."""
+    return list(GroupKFold(n_splits=n_splits).split(np.zeros(len(patients)), groups=patients))
+
+
+def fit_linear_probe(
+    features: np.ndarray, labels: np.ndarray, patients: np.ndarray, seed: int = 0, scoring: str = "accuracy"
+) -> Pipeline:
+    """Standardised (multinomial) logistic regression on `(N, F)` features; C by 5-fold patient-grouped CV.
+
+    `scoring`: the sklearn scorer that picks C, e.g. `"roc_auc"` for a binary target.
+    """
     classifier = make_pipeline(
         StandardScaler(),
         LogisticRegressionCV(
             Cs=list(REGULARISATION_GRID),
-            cv=folds,
-            scoring="accuracy",
+            cv=patient_folds(patients),
+            scoring=scoring,
             l1_ratios=(0.0,),
             use_legacy_attributes=False,
             max_iter=5000,
@@ -36,6 +46,18 @@ def fit_linear_probe(features: np.ndarray, labels: np.ndarray, patients: np.ndar
         ),
     )
     return classifier.fit(features, labels)
+
+
+def fit_ridge_probe(features: np.ndarray, targets: np.ndarray, patients: np.ndarray) -> Pipeline:
+    """Standardised ridge regression of `(N,)` targets on `(N, F)` features; alpha by 5-fold patient-grouped CV.
+
+    Alpha minimises the cross-validated mean absolute error over `RIDGE_GRID`; read it as `pipeline[-1].alpha_`.
+    """
+    regressor = make_pipeline(
+        StandardScaler(),
+        RidgeCV(alphas=RIDGE_GRID, cv=patient_folds(patients), scoring="neg_mean_absolute_error"),
+    )
+    return regressor.fit(features, targets)
 
 
 def linear_probe(

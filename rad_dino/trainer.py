@@ -9,7 +9,6 @@ import gc
 import json
 import logging
 import math
-import os
 import random
 import time
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from modeling_rad_dino import RadDinoModel
 from rad_dino.augment import MultiCropAugmentation
 from rad_dino.checkpoint import TrainState, latest_checkpoint, save_checkpoint
 from rad_dino.data import MultiCropMapper, build_stream, collate_crops, parse_source
+from rad_dino.distributed import launched_without_accelerator
 from rad_dino.export import export_teacher, push_to_hub
 from rad_dino.fingerprint import parameter_digest
 from rad_dino.masking import sample_batch_masks
@@ -88,13 +88,6 @@ def build_dataloader(recipe: RecipeConfig, rank: int, world_size: int) -> Statef
     )
 
 
-def _launched_without_accelerator() -> bool:
-    """Several processes and no GPU: Accelerate builds a gloo group only when told to run on the CPU."""
-    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    has_xpu = hasattr(torch, "xpu") and torch.xpu.is_available()
-    return several and not (torch.cuda.is_available() or has_xpu)
-
-
 def _tensorboard_writer(folder: Path):
     """A TensorBoard writer when the `tensorboard` package is installed, else None (metrics.jsonl has it all)."""
     try:
@@ -118,7 +111,7 @@ class Pretrainer:
         self.accelerator = Accelerator(
             gradient_accumulation_steps=recipe.train.gradient_accumulation_steps,
             mixed_precision=recipe.train.mixed_precision,
-            cpu=_launched_without_accelerator(),
+            cpu=launched_without_accelerator(),
         )
         if not self.accelerator.is_main_process:  # one process speaks; the others only warn
             logging.getLogger().setLevel(logging.WARNING)

@@ -1,5 +1,6 @@
-"""Shared fixtures: tiny RAD-DINO configs and the path of the shared real data."""
+"""Shared fixtures: tiny RAD-DINO configs, a saved tiny model, the labelled sample and the shared real data."""
 
+import csv
 import os
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = REPO_ROOT / "data" / "sample"
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 
@@ -46,3 +48,28 @@ def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared real data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture
+def tiny_model_dir(tiny_model, tmp_path):
+    """`tiny_model` saved with a 56 px processor, as `--model DIR` takes it."""
+    from image_processing_rad_dino import RadDinoImageProcessor
+
+    model_dir = tmp_path / "model"
+    tiny_model.save_pretrained(model_dir)
+    RadDinoImageProcessor(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56}).save_pretrained(model_dir)
+    return model_dir
+
+
+@pytest.fixture
+def labelled_sample_csv(tmp_path) -> Path:
+    """The embedded sample's 12 labelled pediatric images (4 per class, 12 patients) as a probe CSV."""
+    with open(SAMPLE / "metadata.csv", encoding="utf-8") as handle:
+        rows = [row for row in csv.DictReader(handle) if row["label"]]
+    path = tmp_path / "probe.csv"
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["file", "label", "patient"])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({"file": str(SAMPLE / row["file"]), "label": row["label"], "patient": row["patient"]})
+    return path

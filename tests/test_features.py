@@ -1,6 +1,5 @@
 """Feature extraction command and the patch-PCA picture, on the embedded sample with a tiny encoder."""
 
-import csv
 import json
 from pathlib import Path
 
@@ -73,20 +72,6 @@ def test_missing_folder_and_unknown_model_are_clear_errors(tmp_path):
         train_downstream.main(["features", "--images", str(SAMPLE), "--model", str(tmp_path / "no-model")])
 
 
-def _labelled_sample(tmp_path: Path) -> Path:
-    """The embedded sample's 12 labelled pediatric images (4 per class, 12 patients) as a probe CSV."""
-    rows = [row for row in csv.DictReader(open(SAMPLE.parent / "metadata.csv", encoding="utf-8")) if row["label"]]
-    path = tmp_path / "probe.csv"
-    with open(path, "w", encoding="utf-8", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["file", "label", "patient"])
-        writer.writeheader()
-        for row in rows:
-            writer.writerow(
-                {"file": str(SAMPLE.parent / row["file"]), "label": row["label"], "patient": row["patient"]}
-            )
-    return path
-
-
 def test_feature_cache_hit_is_identical_and_skips_the_encoder(tiny_model, tiny_processor, tmp_path, monkeypatch):
     from rad_dino.features import cached_features
 
@@ -105,17 +90,15 @@ def test_feature_cache_hit_is_identical_and_skips_the_encoder(tiny_model, tiny_p
     assert not hit and other["cls"].shape[0] == 2  # different files, different key
 
 
-def test_linear_probe_command(tiny_model, tiny_processor, tmp_path):
-    model_dir = tmp_path / "model"
-    tiny_model.save_pretrained(model_dir)
-    tiny_processor.save_pretrained(model_dir)
+def test_linear_probe_command(tiny_model_dir, labelled_sample_csv, tmp_path):
+    model_dir = tiny_model_dir
     output = tmp_path / "probe"
     arguments = [
         "linear-probe",
         "--model",
         str(model_dir),
         "--csv",
-        str(_labelled_sample(tmp_path)),
+        str(labelled_sample_csv),
         "--val-fraction",
         "0.34",
         "--cache-dir",

@@ -1,0 +1,266 @@
+"""End-to-end fine-tuning of `RadDinoForImageClassification` on labelled images, on HuggingFace Accelerate.
+
+Methods: `full` (every weight trains), `lora` (LoRA adapters on the encoder, `rad_dino.lora`) and `frozen` (only
+the head trains: a linear probe fitted by gradient descent, with augmentation). The same loop runs as a plain
+process and under `accelerate launch` (DDP): batches are sharded, validation predictions are gathered with
+`gather_for_metrics`, and the caller lets only the main process write files.
+"""
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from peft import PeftModel
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+from image_processing_rad_dino import RadDinoImageProcessor
+from modeling_rad_dino import RadDinoForImageClassification, RadDinoModel
+from rad_dino.lora import DEFAULT_LORA_TARGETS, add_lora, head_modules
+from rad_dino.schedules import fuse_param_groups, param_groups
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("full", "lora", "frozen")
+# Encoder (or LoRA) learning rates for each method at batch 16; the heads use `head_lr`, and `frozen` trains no
+# encoder weight.
+DEFAULT_LR = {"full": 2e-5, "lora": 5e-4, "frozen": 0.0}
+
+
+def processor_at(processor: RadDinoImageProcessor, size: int) -> RadDinoImageProcessor:
+    """A copy of `processor` that resizes the shorter side to `size` and centre-crops `size x size`."""
+    resized = copy.deepcopy(processor)
+    resized.size = {"shortest_edge": size}
+    resized.crop_size = {"height": size, "width": size}
+    return resized
+
+
+def classifier_from_encoder(
+    encoder: RadDinoModel, class_names: Sequence[str], pooling: str = "cls_mean", seed: int = 0
+) -> RadDinoForImageClassification:
+    """A classifier with `encoder`'s weights and a new head (seeded) for `class_names`."""
+    config = copy.deepcopy(encoder.config)
+    config.num_labels, config.pooling = len(class_names), pooling
+    config.id2label = dict(enumerate(class_names))
+    config.label2id = {name: index for index, name in enumerate(class_names)}
+    torch.manual_seed(seed)
+    model = RadDinoForImageClassification(config)
+    model.dinov2.load_state_dict(encoder.state_dict())
+    return model
+
+
+def augment_radiograph(
+    pixels: torch.Tensor, scale: tuple[float, float] = (0.8, 1.0), jitter: float = 0.1
+) -> torch.Tensor:
+    """Random crop of 80-100 % of each side (same aspect) resized back, then contrast and brightness jitter.
+
+    `pixels` `(3, H, W)` normalised -> `(3, H, W)`. No flips or rotations: laterality (heart on the patient's left)
+    is part of what a chest radiograph shows. Brightness moves by up to `jitter` in normalised units (one unit is
+    the processor's `image_std`), contrast by a factor within 1 +- `jitter`.
+    """
+    height, width = pixels.shape[-2:]
+    side = math.sqrt(float(torch.empty(()).uniform_(*scale)))
+    crop_height, crop_width = max(1, round(side * height)), max(1, round(side * width))
+    top = int(torch.randint(0, height - crop_height + 1, ()))
+    left = int(torch.randint(0, width - crop_width + 1, ()))
+    crop = pixels[None, :, top : top + crop_height, left : left + crop_width]
+    resized = F.interpolate(crop, size=(height, width), mode="bilinear", align_corners=False)[0]
+    contrast, brightness = torch.empty(2).uniform_(-jitter, jitter)
+    return resized * (1 + contrast) + brightness
+
+
+class ImageDataset(Dataset):
+    """Labelled image files read through a `RadDinoImageProcessor`: item -> (`(3, H, W)` pixels, label)."""
+
+    def __init__(
+        self,
+        files: Sequence[Path],
+        labels: Sequence[int],
+        processor: RadDinoImageProcessor,
+        augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        self.files, self.labels = list(files), [int(label) for label in labels]
+        self.processor, self.augment = processor, augment
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        # A path, not an array: the processor applies its DICOM / 16-bit conversion itself.
+        pixels = self.processor(str(self.files[index]), return_tensors="pt")["pixel_values"][0]
+        return (self.augment(pixels) if self.augment else pixels), self.labels[index]
+
+
+@dataclass
+class FinetuneOptions:
+    """Hyperparameters of `finetune`. `lr` `None` takes `DEFAULT_LR[method]`; `layer_decay` < 1 scales the encoder
+    learning rate by `layer_decay ** depth_from_top` (DINOv2 / BEiT layer-wise decay; 1 is off)."""
+
+    method: str = "lora"
+    epochs: int = 3
+    batch_size: int = 16
+    lr: float | None = None
+    head_lr: float = 1e-3
+    weight_decay: float = 0.05
+    layer_decay: float = 1.0
+    warmup_fraction: float = 0.1
+    max_grad_norm: float = 1.0
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_targets: Sequence[str] = DEFAULT_LORA_TARGETS
+    num_workers: int = 0
+    seed: int = 0
+
+
+@dataclass
+class FinetuneResult:
+    """The trained model (unwrapped; a `PeftModel` for LoRA), the last epoch's validation probabilities
+    `(N_val, C)` in dataset order, every batch's training loss, and one record per epoch."""
+
+    model: nn.Module
+    probabilities: np.ndarray
+    batch_losses: list[float] = field(default_factory=list)
+    history: list[dict] = field(default_factory=list)
+
+
+def with_trainable_parameters(model: RadDinoForImageClassification, options: FinetuneOptions) -> nn.Module:
+    """`model` with `requires_grad` set for `options.method`; LoRA returns the peft wrapper."""
+    if options.method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {options.method!r}")
+    if options.method == "lora":
+        return add_lora(model, options.lora_rank, options.lora_alpha, options.lora_dropout, options.lora_targets)
+    model.requires_grad_(True)
+    if options.method == "frozen":
+        model.dinov2.requires_grad_(False)
+    mask_token = getattr(model.dinov2.embeddings, "mask_token", None)
+    if mask_token is not None:  # iBOT's token, unused without `bool_masked_pos`: DDP stalls on weights without grads
+        mask_token.requires_grad_(False)
+    return model
+
+
+def optimizer_groups(model: nn.Module, options: FinetuneOptions) -> list[dict]:
+    """AdamW parameter groups of the trainable parameters: heads at `head_lr`, the rest at `lr` times the layer-wise
+    decay; no weight decay on biases, norms, LayerScale and tokens (DINOv2's rules, `rad_dino.schedules`)."""
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    head_ids = {id(parameter) for name in head_modules(base) for parameter in getattr(base, name).parameters()}
+    lr = DEFAULT_LR[options.method] if options.lr is None else options.lr
+    groups = param_groups(model, options.weight_decay, options.layer_decay, patch_embed_lr_mult=1.0)
+    for group in groups:
+        group["is_head"] = id(group["params"][0]) in head_ids
+    fused = fuse_param_groups(groups, keys=("lr_multiplier", "wd_multiplier", "is_head"))
+    for group in fused:
+        group["lr"] = options.head_lr if group["is_head"] else lr * group["lr_multiplier"]
+    return fused
+
+
+@torch.no_grad()
+def predict_probabilities(
+    accelerator: Accelerator, model: nn.Module, loader: DataLoader
+) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax of the logits `(N, C)` and the labels `(N,)` of every item of a prepared, unshuffled `loader`, in
+    dataset order, on every process (`gather_for_metrics` drops the padding of the last shard)."""
+    model.eval()
+    probabilities, labels = [], []
+    for pixels, batch_labels in loader:
+        batch = model(pixel_values=pixels).logits.float().softmax(dim=-1)
+        batch, batch_labels = accelerator.gather_for_metrics((batch, batch_labels))
+        probabilities.append(batch.cpu())
+        labels.append(batch_labels.cpu())
+    return torch.cat(probabilities).numpy(), torch.cat(labels).numpy()
+
+
+def finetune(
+    accelerator: Accelerator,
+    model: RadDinoForImageClassification,
+    train_set: Dataset,
+    val_set: Dataset,
+    options: FinetuneOptions,
+) -> FinetuneResult:
+    """Train `model` on `train_set` ((pixels, label) items) with AdamW and a cosine schedule with linear warmup.
+
+    Gradient accumulation and mixed precision are `accelerator`'s. Validation accuracy on `val_set` is logged
+    after every epoch; the result holds the last epoch's predictions (no checkpoint is picked on the validation
+    split, so its metrics stay unbiased).
+    """
+    if options.epochs < 1:
+        raise ValueError(f"epochs must be at least 1, got {options.epochs}")
+    set_seed(options.seed)
+    model = with_trainable_parameters(model, options)
+    optimizer = torch.optim.AdamW(optimizer_groups(model, options))
+    train_loader = DataLoader(
+        train_set,
+        batch_size=options.batch_size,
+        shuffle=True,
+        num_workers=options.num_workers,
+        generator=torch.Generator().manual_seed(options.seed),
+    )
+    val_loader = DataLoader(val_set, batch_size=options.batch_size, num_workers=options.num_workers)
+    model, prepared_optimizer, train_loader, val_loader = accelerator.prepare(
+        model, optimizer, train_loader, val_loader
+    )
+    updates = options.epochs * math.ceil(len(train_loader) / accelerator.gradient_accumulation_steps)
+    # Stepped by hand once per optimizer update, so its length is exactly the number of updates on any world size.
+    scheduler = get_cosine_schedule_with_warmup(optimizer, round(options.warmup_fraction * updates), updates)
+    result = FinetuneResult(model=model, probabilities=np.zeros((0, 0)))
+    for epoch in range(1, options.epochs + 1):
+        model.train()
+        start, epoch_losses = time.perf_counter(), []
+        bar = tqdm(train_loader, desc=f"epoch {epoch}/{options.epochs}", disable=not accelerator.is_local_main_process)
+        for pixels, labels in bar:
+            with accelerator.accumulate(model):
+                loss = model(pixel_values=pixels, labels=labels).loss
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and options.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), options.max_grad_norm)
+                prepared_optimizer.step()
+                prepared_optimizer.zero_grad()
+            if accelerator.sync_gradients:
+                scheduler.step()
+            epoch_losses.append(accelerator.reduce(loss.detach(), "mean").item())
+            bar.set_postfix(loss=f"{epoch_losses[-1]:.4f}")
+        result.probabilities, val_labels = predict_probabilities(accelerator, model, val_loader)
+        record = {
+            "epoch": epoch,
+            "train_loss": float(np.mean(epoch_losses)),
+            "val_accuracy": float(np.mean(result.probabilities.argmax(axis=1) == val_labels)),
+            "seconds": round(time.perf_counter() - start, 1),
+        }
+        result.batch_losses += epoch_losses
+        result.history.append(record)
+        logger.info(
+            "epoch %d/%d: train loss %.4f, val accuracy %.3f, %.1f s",
+            epoch,
+            options.epochs,
+            record["train_loss"],
+            record["val_accuracy"],
+            record["seconds"],
+        )
+    result.model = accelerator.unwrap_model(model)
+    return result
+
+
+def save_finetuned(model: nn.Module, processor: RadDinoImageProcessor, output: Path) -> Path:
+    """Save for `from_pretrained` in `output/"model"` (with the processor); a LoRA model is saved as its adapter in
+    `output/"adapter"` and then merged into the weights (`merge_and_unload`, which modifies `model`).
+
+    The adapter holds the LoRA matrices and the trained heads: apply it with `PeftModel.from_pretrained` to a
+    classifier built from the same encoder. Returns the model folder.
+    """
+    if isinstance(model, PeftModel):
+        model.save_pretrained(output / "adapter")
+        model = model.merge_and_unload()
+    model.save_pretrained(output / "model")
+    processor.save_pretrained(output / "model")
+    return output / "model"

@@ -1,0 +1,1 @@
+"""LLaVA-style report generation: RAD-DINO encoder -> MLP projector -> causal language model."""

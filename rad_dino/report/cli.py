@@ -1,0 +1,264 @@
+"""`train_downstream.py report`: train a LLaVA-style report generator in two stages, generate, and evaluate.
+
+Flow: image–report pairs -> patient split -> (tiny local LM: tokenizer + text pretraining, or any HF causal LM)
+-> generator (encoder + new projector + LM) -> stage 1 (projector) -> stage 2 (LoRA) -> saved adapter and merged
+generator -> generated reports for held-out and training cases -> ROUGE-L, BLEU-4, finding F1 next to a trivial
+baseline (the most common training report).
+"""
+
+import argparse
+import json
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from safetensors.torch import save_file
+from torch.utils.data import DataLoader
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from rad_dino.distributed import launched_without_accelerator
+from rad_dino.features import RELEASED_MODEL_ID, load_encoder
+from rad_dino.plots import plot_loss_curves
+from rad_dino.probe import patient_split
+from rad_dino.report.builder import DEFAULT_INSTRUCTION, build_generator, load_generator, save_generator
+from rad_dino.report.data import ReportCollator, ReportPair, load_report_pairs
+from rad_dino.report.generation import GenerationSettings, generate_reports, write_jsonl
+from rad_dino.report.text_metrics import report_metrics
+from rad_dino.report.tiny_lm import pretrain_on_text, tiny_llama, train_tokenizer
+from rad_dino.report.training import (
+    DEFAULT_LM_LORA_TARGETS,
+    LoraSettings,
+    add_lora,
+    freeze_all_but_projector,
+    train_loop,
+    trainable_parameter_count,
+)
+
+logger = logging.getLogger("rad_dino")
+TINY_LM = "tiny"
+COVID_CHESTXRAY = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "covid-chestxray"
+
+
+def most_common_report(pairs: list[ReportPair]) -> str:
+    """The baseline's one answer: the training report that occurs most often (first seen wins ties)."""
+    return Counter(pair.text for pair in pairs).most_common(1)[0][0]
+
+
+def build_language_model(args: argparse.Namespace, train_texts: list[str], accelerator: Accelerator):
+    """(LM, tokenizer, text-pretraining losses): a tiny local Llama trained on the training reports, or `--lm`."""
+    if args.lm != TINY_LM:
+        return AutoModelForCausalLM.from_pretrained(args.lm), AutoTokenizer.from_pretrained(args.lm), []
+    tokenizer = train_tokenizer(train_texts, args.tiny_vocab_size)
+    model = tiny_llama(tokenizer, hidden_size=args.tiny_hidden_size, num_layers=args.tiny_layers, seed=args.seed)
+    losses = pretrain_on_text(
+        model,
+        tokenizer,
+        train_texts,
+        accelerator,
+        epochs=args.lm_epochs,
+        batch_size=args.batch_size,
+        max_tokens=args.max_report_tokens,
+    )
+    return model, tokenizer, losses
+
+
+def train_generator(args: argparse.Namespace, train_pairs: list[ReportPair], accelerator: Accelerator, output: Path):
+    """Both LLaVA stages; saves the stage-1 projector, the stage-2 adapter and the merged generator."""
+    encoder, image_processor, encoder_name = load_encoder(
+        args.encoder, random_fallback=args.encoder == RELEASED_MODEL_ID
+    )
+    language_model, tokenizer, curves = build_language_model(args, [p.text for p in train_pairs], accelerator)
+    curves = {"language model on text": curves} if curves else {}
+    model, processor = build_generator(
+        encoder,
+        image_processor,
+        language_model,
+        tokenizer,
+        image_token_pooling=args.image_token_pooling,
+        vision_feature_select_strategy=args.vision_feature_select_strategy,
+        chat_template=Path(args.chat_template).read_text() if args.chat_template else None,
+    )
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    collator = ReportCollator(processor, args.instruction, args.max_report_tokens)
+    loader = DataLoader(
+        train_pairs,
+        batch_size=args.batch_size,
+        shuffle=True,
+        collate_fn=collator,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+    freeze_all_but_projector(model)
+    logger.info("Stage 1: %d of %d parameters trainable (projector)", *trainable_parameter_count(model))
+    curves["stage 1 (projector)"] = train_loop(model, loader, accelerator, args.stage1_epochs, args.stage1_lr)
+    if accelerator.is_main_process:
+        save_file(model.model.multi_modal_projector.state_dict(), output / "stage1_projector.safetensors")
+
+    lora = LoraSettings(
+        rank=args.lora_rank,
+        alpha=args.lora_alpha,
+        dropout=args.lora_dropout,
+        lm_targets=args.lora_targets,
+        train_projector=not args.freeze_projector_in_stage2,
+        lora_encoder=args.lora_encoder,
+    )
+    peft_model = add_lora(model, lora)
+    logger.info("Stage 2: %d of %d parameters trainable (LoRA + projector)", *trainable_parameter_count(peft_model))
+    curves["stage 2 (LoRA)"] = train_loop(peft_model, loader, accelerator, args.stage2_epochs, args.stage2_lr)
+    accelerator.wait_for_everyone()
+    peft_model = accelerator.unwrap_model(peft_model)
+    if accelerator.is_main_process:
+        peft_model.save_pretrained(output / "adapter")
+    generator = peft_model.merge_and_unload()
+    if accelerator.is_main_process:
+        save_generator(generator, processor, output / "generator")
+        plot_loss_curves(curves, output / "loss_curves.png", title=f"Report generator ({encoder_name} encoder)")
+    return generator, processor, curves, encoder_name
+
+
+def evaluate_split(
+    model, processor, pairs: list[ReportPair], baseline: str, args: argparse.Namespace, name: str, output: Path
+) -> dict:
+    """Generate for `pairs`, write `generations_<name>.jsonl`, score model and baseline on the same references."""
+    settings = GenerationSettings(args.max_new_tokens, args.num_beams, args.repetition_penalty, args.batch_size)
+    start = time.perf_counter()
+    rows = generate_reports(model, processor, pairs, args.instruction, settings)
+    seconds = time.perf_counter() - start
+    write_jsonl(rows, output / f"generations_{name}.jsonl")
+    references = [row["reference"] for row in rows]
+    return {
+        "n": len(rows),
+        "generation_seconds": round(seconds, 1),
+        "model": report_metrics(references, [row["generated"] for row in rows]),
+        "most_common_report_baseline": report_metrics(references, [baseline] * len(rows)),
+    }
+
+
+def run_report(args: argparse.Namespace) -> dict:
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.grad_accum,
+        mixed_precision=args.mixed_precision,
+        cpu=launched_without_accelerator(),
+    )
+    set_seed(args.seed)
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    pairs = load_report_pairs(args.data, args.image_column, args.text_column, args.patient_column)
+    train, held_out = patient_split([pair.patient for pair in pairs], args.val_fraction, args.seed)
+    train_pairs, held_out_pairs = [pairs[i] for i in train], [pairs[i] for i in held_out]
+    logger.info("Reports: %d train / %d held-out pairs, no patient in both", len(train_pairs), len(held_out_pairs))
+
+    start = time.perf_counter()
+    if args.generator:
+        model, processor = load_generator(args.generator)
+        curves, encoder_name = {}, args.generator
+    else:
+        model, processor, curves, encoder_name = train_generator(args, train_pairs, accelerator, output)
+    train_seconds = time.perf_counter() - start
+    if not accelerator.is_main_process:
+        return {}
+
+    baseline = most_common_report(train_pairs)
+    results = {
+        "encoder": encoder_name,
+        "lm": args.lm,
+        "train_seconds": round(train_seconds, 1),
+        "final_loss": {stage: losses[-1] for stage, losses in curves.items()},
+        "baseline_report": baseline,
+        "held_out": evaluate_split(model, processor, held_out_pairs, baseline, args, "held_out", output),
+        "train": evaluate_split(model, processor, train_pairs[: args.train_eval_size], baseline, args, "train", output),
+    }
+    (output / "metrics.json").write_text(json.dumps(results, indent=2))
+    for split in ("train", "held_out"):
+        scores = results[split]
+        for system in ("model", "most_common_report_baseline"):
+            metric = scores[system]
+            logger.info(
+                "%-8s %-28s ROUGE-L %.3f  BLEU-4 %.2f  finding micro-F1 %.3f",
+                split,
+                system,
+                metric["rouge_l"],
+                metric["bleu4"],
+                metric["finding_f1"]["micro_f1"],
+            )
+    if args.push_to_hub and not args.generator:
+        model.push_to_hub(args.push_to_hub)
+        processor.push_to_hub(args.push_to_hub)
+    logger.info("Generator, adapter, generations, metrics and loss curves in %s", output)
+    return results
+
+
+def add_report_parser(commands: argparse._SubParsersAction) -> None:
+    """Register the `report` subcommand and its options."""
+    report = commands.add_parser(
+        "report",
+        help="LLaVA-style report generator: RAD-DINO + projector + causal LM (LoRA), trained and evaluated",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    data = report.add_argument_group("data")
+    data.add_argument(
+        "--data",
+        default=str(COVID_CHESTXRAY),
+        help="folder with metadata.csv, a CSV/parquet/JSONL file or a Hub dataset id (default: covid-chestxray)",
+    )
+    data.add_argument("--image-column", default="file")
+    data.add_argument("--text-column", default="clinical_notes")
+    data.add_argument("--patient-column", default="patient")
+    data.add_argument("--val-fraction", type=float, default=0.2, help="share of patients held out")
+    data.add_argument("--instruction", default=DEFAULT_INSTRUCTION, help="the user turn's text after the image")
+    data.add_argument("--max-report-tokens", type=int, default=96, help="reports are cut to this many tokens")
+
+    model = report.add_argument_group("model")
+    model.add_argument(
+        "--encoder",
+        default=RELEASED_MODEL_ID,
+        help=f"RAD-DINO encoder: Hub id, directory or 'random' (default {RELEASED_MODEL_ID}; on CPU use a small one, "
+        "e.g. outputs/pretrain/export)",
+    )
+    model.add_argument(
+        "--lm", default=TINY_LM, help="causal LM: Hub id or directory, or 'tiny' (a local Llama trained on the reports)"
+    )
+    model.add_argument("--image-token-pooling", type=int, default=1, help="k x k average pooling of the patch grid")
+    model.add_argument("--vision-feature-select-strategy", choices=["default", "full"], default="default")
+    model.add_argument("--chat-template", help="Jinja chat template file (default: LLaVA-1.5 style USER/ASSISTANT)")
+    model.add_argument("--generator", help="evaluate this saved generator instead of training one")
+    model.add_argument("--tiny-hidden-size", type=int, default=256)
+    model.add_argument("--tiny-layers", type=int, default=4)
+    model.add_argument("--tiny-vocab-size", type=int, default=2000)
+
+    training = report.add_argument_group("training")
+    training.add_argument("--lm-epochs", type=int, default=30, help="text-only epochs of the tiny LM")
+    training.add_argument("--stage1-epochs", type=int, default=5)
+    training.add_argument("--stage1-lr", type=float, default=1e-3)
+    training.add_argument("--stage2-epochs", type=int, default=15)
+    training.add_argument("--stage2-lr", type=float, default=5e-4)
+    training.add_argument("--lora-rank", type=int, default=16)
+    training.add_argument("--lora-alpha", type=int, default=32)
+    training.add_argument("--lora-dropout", type=float, default=0.05)
+    training.add_argument(
+        "--lora-targets",
+        nargs="+",
+        default=list(DEFAULT_LM_LORA_TARGETS),
+        help="module-name suffixes inside the LM, or 'all-linear'",
+    )
+    training.add_argument("--lora-encoder", action="store_true", help="also put LoRA adapters on the encoder")
+    training.add_argument("--freeze-projector-in-stage2", action="store_true")
+    training.add_argument("--batch-size", type=int, default=8)
+    training.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps")
+    training.add_argument("--gradient-checkpointing", action="store_true")
+    training.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no")
+    training.add_argument("--seed", type=int, default=0)
+
+    generation = report.add_argument_group("generation and evaluation")
+    generation.add_argument("--max-new-tokens", type=int, default=96)
+    generation.add_argument("--num-beams", type=int, default=1, help="1 = greedy")
+    generation.add_argument("--repetition-penalty", type=float, default=1.2)
+    generation.add_argument("--train-eval-size", type=int, default=40, help="training pairs also scored")
+    report.add_argument("--output", default="outputs/report")
+    report.add_argument("--push-to-hub", metavar="REPO_ID", help="push the merged generator and processor")
+    report.set_defaults(run=run_report)

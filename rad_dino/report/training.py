@@ -1,0 +1,125 @@
+"""The two LLaVA training stages on Accelerate: (1) projector only; (2) LoRA on the LM (+ projector / encoder).
+
+Stage 1 aligns image tokens with the frozen LM's embedding space; stage 2 adapts the LM with low-rank adapters
+(peft), optionally training the projector fully and putting adapters on the encoder too. Every other parameter
+stays frozen, so a step cannot change it.
+"""
+
+import logging
+import math
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from accelerate import Accelerator
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+from modeling_rad_dino import RadDinoLlavaForConditionalGeneration
+from rad_dino.lora import DEFAULT_LORA_TARGETS as ENCODER_LORA_TARGETS
+
+logger = logging.getLogger(__name__)
+
+# Attention and MLP projections of Llama-family LMs (Llama, Mistral, Qwen2, Gemma, Phi-3 use these names).
+DEFAULT_LM_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class LoraSettings:
+    """Stage-2 adapters. `lm_targets`: module-name suffixes inside the LM ("all-linear": every Linear there)."""
+
+    rank: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    lm_targets: Sequence[str] = DEFAULT_LM_LORA_TARGETS
+    train_projector: bool = True
+    lora_encoder: bool = False
+
+
+def freeze_all_but_projector(model: RadDinoLlavaForConditionalGeneration) -> RadDinoLlavaForConditionalGeneration:
+    """Stage 1: only `model.model.multi_modal_projector` keeps `requires_grad`."""
+    model.requires_grad_(False)
+    model.model.multi_modal_projector.requires_grad_(True)
+    return model
+
+
+def lora_target_pattern(settings: LoraSettings) -> str:
+    """A full-match regex over module names that puts adapters in the LM (and the encoder if asked), never elsewhere.
+
+    Names are relative to the generator, e.g. `model.language_model.layers.0.self_attn.q_proj`.
+    """
+    targets = list(settings.lm_targets)
+    lm_suffix = r"[^.]+" if targets == ["all-linear"] else "|".join(map(re.escape, targets))
+    parts = [rf"model\.language_model\..*\.({lm_suffix})"]
+    if settings.lora_encoder:
+        parts.append(rf"model\.vision_tower\.encoder\..*\.({'|'.join(ENCODER_LORA_TARGETS)})")
+    return "|".join(f"(?:{part})" for part in parts)
+
+
+def add_lora(model: RadDinoLlavaForConditionalGeneration, settings: LoraSettings) -> PeftModel:
+    """Stage 2: wrap `model` with LoRA adapters; trainable = adapters (+ the projector if `train_projector`)."""
+    model.requires_grad_(False)
+    config = LoraConfig(
+        r=settings.rank,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=lora_target_pattern(settings),
+        modules_to_save=["multi_modal_projector"] if settings.train_projector else None,
+        task_type="CAUSAL_LM",
+    )
+    peft_model = get_peft_model(model, config)
+    adapted = [name for name, module in peft_model.named_modules() if hasattr(module, "lora_A")]
+    if not adapted:
+        raise ValueError(f"No module of the LM matches LoRA targets {list(settings.lm_targets)}; pass --lora-targets")
+    return peft_model
+
+
+def trainable_parameter_count(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
+
+
+def train_loop(
+    model: torch.nn.Module,
+    loader: DataLoader,
+    accelerator: Accelerator,
+    epochs: int,
+    lr: float,
+    weight_decay: float = 0.0,
+    warmup_fraction: float = 0.03,
+    description: str = "train",
+    compute_loss: Callable[[torch.nn.Module, dict], torch.Tensor] = lambda model, batch: model(**batch).loss,
+) -> list[float]:
+    """AdamW on the trainable parameters with a cosine schedule and warmup, gradient accumulation as configured on
+    `accelerator`. Returns the mean loss of each optimizer step (averaged over processes).
+    """
+    parameters: Iterable[torch.nn.Parameter] = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
+    steps = epochs * math.ceil(len(loader) / accelerator.gradient_accumulation_steps)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(warmup_fraction * steps), steps)
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    model.train()
+    losses, window = [], []
+    bar = tqdm(total=steps, desc=description, disable=not accelerator.is_local_main_process)
+    for epoch in range(epochs):
+        for batch in loader:
+            with accelerator.accumulate(model):
+                loss = compute_loss(model, batch)
+                accelerator.backward(loss)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            window.append(accelerator.gather(loss.detach()).mean().item())
+            if accelerator.sync_gradients:
+                losses.append(sum(window) / len(window))
+                window = []
+                bar.update(1)
+                bar.set_postfix(loss=f"{losses[-1]:.3f}", epoch=epoch + 1)
+        logger.info("%s epoch %d/%d: loss %.4f", description, epoch + 1, epochs, losses[-1])
+    bar.close()
+    model.eval()
+    return losses

@@ -1,0 +1,235 @@
+"""Report generator: tiny RAD-DINO encoder + tiny Llama, built, trained in both stages, saved and reloaded."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from accelerate import Accelerator
+from peft import PeftModel
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from image_processing_rad_dino import RadDinoImageProcessor
+from rad_dino.report.builder import build_generator, load_generator, save_generator
+from rad_dino.report.data import IGNORE_INDEX, ReportCollator, load_report_pairs
+from rad_dino.report.generation import GenerationSettings, generate_reports
+from rad_dino.report.tiny_lm import tiny_llama, train_tokenizer
+from rad_dino.report.training import LoraSettings, add_lora, freeze_all_but_projector, train_loop
+
+REPORTS = [
+    "No pleural effusion or pneumothorax.",
+    "Bilateral patchy opacities in the lower zones.",
+    "Cardiomegaly is present. No focal consolidation.",
+    "Right lower lobe consolidation concerning for pneumonia.",
+    "Endotracheal tube in place. Small left effusion.",
+    "Clear lungs. Normal heart size.",
+]
+INSTRUCTION = "Describe the findings."
+
+
+@pytest.fixture
+def pair_folder(tmp_path):
+    """Six random 64 px greyscale images with reports, three patients, as a folder with metadata.csv."""
+    rng = np.random.default_rng(0)
+    (tmp_path / "images").mkdir()
+    rows = []
+    for index, text in enumerate(REPORTS):
+        name = f"images/{index}.png"
+        Image.fromarray(rng.integers(0, 256, (64, 72), dtype=np.uint8)).save(tmp_path / name)
+        rows.append({"file": name, "patient": f"p{index // 2}", "clinical_notes": text})
+    rows.append({"file": "images/0.png", "patient": "p0", "clinical_notes": ""})  # dropped: no report
+    with open(tmp_path / "metadata.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return tmp_path
+
+
+@pytest.fixture
+def image_processor():
+    return RadDinoImageProcessor(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56})
+
+
+def make_generator(tiny_model, image_processor, pooling=1, strategy="default"):
+    tokenizer = train_tokenizer(REPORTS * 3, vocab_size=300)
+    language_model = tiny_llama(tokenizer, hidden_size=32, num_layers=2, num_heads=2)
+    return build_generator(tiny_model, image_processor, language_model, tokenizer, pooling, strategy)
+
+
+@pytest.fixture
+def generator(tiny_model, image_processor):
+    return make_generator(tiny_model, image_processor)
+
+
+@pytest.fixture
+def pairs(pair_folder):
+    return load_report_pairs(str(pair_folder))
+
+
+def test_pairs_load_from_folder_and_drop_empty_reports(pairs, pair_folder):
+    assert [pair.text for pair in pairs] == REPORTS
+    assert pairs[0].image == str(pair_folder / "images" / "0.png")
+    assert [pair.patient for pair in pairs] == ["p0", "p0", "p1", "p1", "p2", "p2"]
+
+
+def test_forward_loss_is_finite_and_equals_cross_entropy_on_report_tokens(generator, pairs):
+    model, processor = generator
+    batch = ReportCollator(processor, INSTRUCTION, max_report_tokens=32)(pairs[:3])
+    output = model(**batch)
+    assert torch.isfinite(output.loss)
+    # Independent reference: next-token cross-entropy over labelled positions only.
+    logits, labels = output.logits[:, :-1], batch["labels"][:, 1:]
+    expected = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+    torch.testing.assert_close(output.loss, expected)
+
+
+def test_labels_mask_prompt_image_and_padding(generator, pairs):
+    model, processor = generator
+    tokenizer = processor.tokenizer
+    batch = ReportCollator(processor, INSTRUCTION, max_report_tokens=32)(pairs[:3])
+    image_positions = batch["input_ids"] == model.config.image_token_index
+    assert (image_positions.sum(dim=1) == model.config.image_seq_length).all()
+    assert (batch["labels"][image_positions] == IGNORE_INDEX).all()
+    prompt_length = int(image_positions.nonzero()[:, 1].max()) + 1
+    for row, pair in enumerate(pairs[:3]):
+        labelled = batch["labels"][row] != IGNORE_INDEX
+        first = int(labelled.nonzero()[0])
+        assert first >= prompt_length  # nothing of the prompt (template, image, instruction) is labelled
+        assert not labelled[batch["attention_mask"][row] == 0].any()  # nor padding
+        targets = batch["labels"][row][labelled]
+        assert targets[-1] == tokenizer.eos_token_id
+        assert tokenizer.decode(targets[:-1]).strip() == pair.text
+        # Labels are the inputs themselves at labelled positions (the model shifts them).
+        assert torch.equal(batch["input_ids"][row][labelled], targets)
+
+
+@pytest.mark.parametrize("pooling,strategy,tokens", [(1, "default", 16), (2, "default", 4), (2, "full", 5)])
+def test_image_tokens_match_processor_and_pooled_reference(tiny_model, image_processor, pooling, strategy, tokens):
+    model, processor = make_generator(tiny_model, image_processor, pooling, strategy)
+    assert model.config.image_seq_length == tokens
+    pixels = torch.randn(2, 3, 56, 56)
+    features = model.model.get_image_features(pixels).pooler_output
+    assert [tuple(f.shape) for f in features] == [(tokens, 32)] * 2
+    # Reference: the encoder's normed tokens, k x k mean over the 4 x 4 patch grid, CLS in front for "full".
+    with torch.no_grad():
+        hidden = tiny_model(pixels).last_hidden_state
+        grid = hidden[:, 1:].reshape(2, 4, 4, -1)
+        pooled = grid.reshape(2, 4 // pooling, pooling, 4 // pooling, pooling, -1).mean(dim=(2, 4)).flatten(1, 2)
+        if strategy == "full":
+            pooled = torch.cat([hidden[:, :1], pooled], dim=1)
+        expected = model.model.multi_modal_projector(pooled)
+    torch.testing.assert_close(torch.stack(features), expected, atol=1e-5, rtol=1e-5)
+    text = processor(images=[Image.new("L", (70, 60))], text=["<image> x"], return_tensors="pt")
+    assert int((text["input_ids"] == model.config.image_token_index).sum()) == tokens
+
+
+def one_step(model, pairs, processor):
+    loader = DataLoader(pairs[:4], batch_size=4, collate_fn=ReportCollator(processor, INSTRUCTION, 32))
+    return train_loop(model, loader, Accelerator(), epochs=1, lr=1e-2, warmup_fraction=0.0)
+
+
+def snapshot(model):
+    return {name: parameter.detach().clone() for name, parameter in model.named_parameters()}
+
+
+def test_stage1_changes_only_the_projector(generator, pairs):
+    model, processor = generator
+    before = snapshot(freeze_all_but_projector(model))
+    one_step(model, pairs, processor)
+    for name, parameter in model.named_parameters():
+        changed = not torch.equal(before[name], parameter)
+        assert changed == name.startswith("model.multi_modal_projector."), name
+
+
+@pytest.mark.parametrize("train_projector,lora_encoder", [(True, False), (False, False), (True, True)])
+def test_stage2_changes_only_lora_and_chosen_parts(generator, pairs, train_projector, lora_encoder):
+    model, processor = generator
+    settings = LoraSettings(4, 8, 0.0, ["q_proj", "v_proj"], train_projector, lora_encoder)
+    peft_model = add_lora(model, settings)
+    trainable = {name for name, parameter in peft_model.named_parameters() if parameter.requires_grad}
+    assert trainable and all(
+        "lora_" in name or (train_projector and "multi_modal_projector.modules_to_save" in name) for name in trainable
+    )
+    lm_adapted = {name.split(".lora_")[0] for name in trainable if "language_model" in name}
+    assert lm_adapted and all(name.endswith(("q_proj", "v_proj")) for name in lm_adapted)
+    encoder_adapted = {name.split(".lora_")[0] for name in trainable if "vision_tower" in name}
+    # Encoder adapters: every attention/MLP projection of every layer (2 layers x 6), or none.
+    assert len(encoder_adapted) == (12 if lora_encoder else 0)
+    before = snapshot(peft_model)
+    one_step(peft_model, pairs, processor)
+    for name, parameter in peft_model.named_parameters():
+        changed = not torch.equal(before[name], parameter)
+        if name in trainable and ("lora_B" in name or "modules_to_save" in name):
+            assert changed, name  # B starts at zero and the projector copy trains: both must move
+        if name not in trainable:
+            assert not changed, name
+
+
+def test_save_load_gives_identical_greedy_generations(generator, pairs, tmp_path):
+    model, processor = generator
+    save_generator(model, processor, tmp_path / "base")  # before LoRA is injected (peft adapts in place)
+    peft_model = add_lora(model, LoraSettings(rank=4, lm_targets=["q_proj", "v_proj"]))
+    one_step(peft_model, pairs, processor)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    settings = GenerationSettings(max_new_tokens=6, batch_size=3)
+    adapted = generate_reports(peft_model, processor, pairs, INSTRUCTION, settings, progress=False)
+    batch = ReportCollator(processor, INSTRUCTION, 32)(pairs)
+    with torch.no_grad():
+        adapted_logits = peft_model(**batch).logits
+        merged = peft_model.merge_and_unload()
+        torch.testing.assert_close(merged(**batch).logits, adapted_logits, atol=1e-5, rtol=1e-5)
+    assert generate_reports(merged, processor, pairs, INSTRUCTION, settings, progress=False) == adapted
+
+    save_generator(merged, processor, tmp_path / "generator")
+    loaded, loaded_processor = load_generator(tmp_path / "generator")
+    assert generate_reports(loaded, loaded_processor, pairs, INSTRUCTION, settings, progress=False) == adapted
+    loaded_state = loaded.state_dict()
+    for name, parameter in merged.state_dict().items():
+        assert torch.equal(parameter, loaded_state[name]), name
+
+    # The adapter saved separately, applied to the saved base and merged, is the same model again.
+    base, _ = load_generator(tmp_path / "base")
+    readapted = PeftModel.from_pretrained(base, tmp_path / "adapter").merge_and_unload()
+    with torch.no_grad():
+        torch.testing.assert_close(readapted(**batch).logits, adapted_logits, atol=1e-5, rtol=1e-5)
+    assert generate_reports(readapted, processor, pairs, INSTRUCTION, settings, progress=False) == adapted
+
+
+def test_beam_search_and_repetition_penalty_run(generator, pairs):
+    model, processor = generator
+    settings = GenerationSettings(max_new_tokens=5, num_beams=3, repetition_penalty=1.3, batch_size=2)
+    rows = generate_reports(model, processor, pairs[:2], INSTRUCTION, settings, progress=False)
+    assert [row["reference"] for row in rows] == REPORTS[:2]
+    assert all(isinstance(row["generated"], str) for row in rows)
+    assert json.dumps(rows)
+
+
+def test_report_command_trains_saves_and_reloads(pair_folder, tiny_model, image_processor, tmp_path):
+    from train_downstream import main
+
+    tiny_model.save_pretrained(tmp_path / "encoder")
+    image_processor.save_pretrained(tmp_path / "encoder")
+    common = ["--data", str(pair_folder), "--val-fraction", "0.3", "--max-new-tokens", "5", "--batch-size", "2"]
+    tiny = ["--tiny-hidden-size", "32", "--tiny-layers", "1", "--tiny-vocab-size", "300", "--max-report-tokens", "24"]
+    epochs = ["--lm-epochs", "2", "--stage1-epochs", "1", "--stage2-epochs", "2", "--lora-rank", "2"]
+    output = tmp_path / "report"
+    results = main(["report", "--encoder", str(tmp_path / "encoder"), *common, *tiny, *epochs, "--output", str(output)])
+    for name in ["metrics.json", "loss_curves.png", "stage1_projector.safetensors", "generations_held_out.jsonl"]:
+        assert (output / name).is_file(), name
+    assert (output / "adapter" / "adapter_config.json").is_file()
+    held_out = [json.loads(line) for line in (output / "generations_held_out.jsonl").read_text().splitlines()]
+    train = [json.loads(line) for line in (output / "generations_train.jsonl").read_text().splitlines()]
+    assert results["held_out"]["n"] == len(held_out) == 2 and len(train) == 4  # one of three patients held out
+    patient = {pair.image: pair.patient for pair in load_report_pairs(str(pair_folder))}
+    assert not {patient[row["id"]] for row in held_out} & {patient[row["id"]] for row in train}
+    assert results["baseline_report"] in REPORTS
+    assert set(results["final_loss"]) == {"language model on text", "stage 1 (projector)", "stage 2 (LoRA)"}
+
+    # Evaluating the saved generator reproduces the same greedy generations.
+    again = main(["report", "--generator", str(output / "generator"), *common, "--output", str(tmp_path / "again")])
+    assert (tmp_path / "again" / "generations_held_out.jsonl").read_text() == (
+        output / "generations_held_out.jsonl"
+    ).read_text()
+    assert again["held_out"]["model"] == results["held_out"]["model"]
