@@ -46,20 +46,20 @@ import copy
 import csv
 import json
 import logging
+import sys
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate import Accelerator
 from safetensors.torch import save_file
 
 from configuration_rad_dino import POOLINGS
 from image_processing_rad_dino import RadDinoImageProcessor
 from modeling_rad_dino import RadDinoForSemanticSegmentation, RadDinoModel
 from rad_dino.demographics import demographics_probe, read_demographics
-from rad_dino.distributed import launched_without_accelerator
+from rad_dino.distributed import make_accelerator
 from rad_dino.eval_plots import (
     plot_confusion_matrix,
     plot_regression_scatter,
@@ -111,6 +111,22 @@ def encoder_from_args(args: argparse.Namespace) -> tuple[RadDinoModel, RadDinoIm
     return load_encoder(args.model, random_fallback=args.model == RELEASED_MODEL_ID)
 
 
+def encode_once(
+    model: RadDinoModel, processor: RadDinoImageProcessor, files: list[Path], batch_size: int, cache_dir: str | None
+) -> tuple[dict[str, torch.Tensor], bool]:
+    """Features of `files` (cached in `cache_dir` unless None) and whether they came from the cache. Under
+    `accelerate launch` the processes share the encoding, then all but the main process exit, so that fitting,
+    metrics and files happen once."""
+    accelerator = make_accelerator()
+    if cache_dir is None:
+        features, from_cache = extract_features(model, processor, files, batch_size, accelerator=accelerator), False
+    else:
+        features, from_cache = cached_features(model, processor, files, cache_dir, batch_size, accelerator=accelerator)
+    if not accelerator.is_main_process:
+        sys.exit(0)
+    return features, from_cache
+
+
 def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
     """A CSV file with `header` and `rows` (floats at full precision)."""
     with open(path, "w", encoding="utf-8", newline="") as handle:
@@ -125,7 +141,7 @@ def run_features(args: argparse.Namespace) -> None:
     model, processor, model_name = encoder_from_args(args)
     logger.info("Encoding %d images from %s with %s", len(files), args.images, model_name)
     start = time.perf_counter()
-    features = extract_features(model, processor, files, batch_size=args.batch_size)
+    features, _ = encode_once(model, processor, files, args.batch_size, cache_dir=None)
     seconds = time.perf_counter() - start
 
     output = Path(args.output)
@@ -196,7 +212,7 @@ def read_masked_sets(folders: list[str], mask_column: str) -> tuple[list[Path], 
 def run_segment(args: argparse.Namespace) -> dict:
     images, mask_files, patients = read_masked_sets(args.data, args.mask_column)
     encoder, processor, model_name = encoder_from_args(args)
-    features, from_cache = cached_features(encoder, processor, images, args.cache_dir, batch_size=args.batch_size)
+    features, from_cache = encode_once(encoder, processor, images, args.batch_size, args.cache_dir)
     masks = torch.from_numpy(np.stack([mask_like_processor(str(path), processor) for path in mask_files]))
     train, val = patient_split(patients, args.val_fraction, args.seed)
     logger.info("Segmentation: %d train / %d validation images, no patient in both", len(train), len(val))
@@ -292,7 +308,7 @@ def frozen_features(args: argparse.Namespace, files: list[Path], pooling: str = 
     and the run's facts for metrics.json."""
     model, processor, model_name = encoder_from_args(args)
     start = time.perf_counter()
-    features, from_cache = cached_features(model, processor, files, args.cache_dir, batch_size=args.batch_size)
+    features, from_cache = encode_once(model, processor, files, args.batch_size, args.cache_dir)
     parts = [features["cls"]] + ([features["patch"].mean(dim=(2, 3))] if pooling == "cls_mean" else [])
     info = {
         "model": model_name,
@@ -408,13 +424,9 @@ def run_demographics(args: argparse.Namespace) -> dict:
 
 
 def run_finetune(args: argparse.Namespace) -> dict:
-    accelerator = Accelerator(
-        mixed_precision=args.mixed_precision,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        cpu=launched_without_accelerator(),
+    accelerator = make_accelerator(
+        mixed_precision=args.mixed_precision, gradient_accumulation_steps=args.gradient_accumulation_steps
     )
-    if not accelerator.is_main_process:  # one process speaks; the others only warn
-        logging.getLogger().setLevel(logging.WARNING)
     data = labelled_split(args, "Fine-tuning")
     encoder, processor, model_name = encoder_from_args(args)
     size = args.image_size or int(np.min(encoder.config.image_size))

@@ -1,8 +1,10 @@
 """How Accelerate should treat the processes it was launched with."""
 
+import logging
 import os
 
 import torch
+from accelerate import Accelerator
 
 
 def launched_without_accelerator() -> bool:
@@ -10,3 +12,12 @@ def launched_without_accelerator() -> bool:
     several = int(os.environ.get("WORLD_SIZE", "1")) > 1
     has_xpu = hasattr(torch, "xpu") and torch.xpu.is_available()
     return several and not (torch.cuda.is_available() or has_xpu)
+
+
+def make_accelerator(**options) -> Accelerator:
+    """An `Accelerator` (options as its own) that runs on the CPU when launched there, where only the main process
+    logs at INFO: the others only warn, so a multi-process run reads like a single one."""
+    accelerator = Accelerator(cpu=launched_without_accelerator(), **options)
+    if not accelerator.is_main_process:
+        logging.getLogger().setLevel(logging.WARNING)
+    return accelerator

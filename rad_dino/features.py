@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -65,21 +67,39 @@ def extract_features(
     files: Sequence[Path],
     batch_size: int = 4,
     progress: bool = True,
+    accelerator: Accelerator | None = None,
 ) -> dict[str, torch.Tensor]:
     """Encode `files` with `model`.
 
-    Returns `cls` `(N, D)` and `patch` `(N, D, H/p, W/p)` float32 tensors, in the order of `files`.
+    Returns `cls` `(N, D)` and `patch` `(N, D, H/p, W/p)` float32 CPU tensors, in the order of `files`. With an
+    `accelerator` (e.g. under `accelerate launch`), each process encodes a contiguous share of `files` on its
+    device and every process gets all features back.
     """
+    indices = list(range(len(files)))
+    if accelerator is not None and accelerator.num_processes > 1:
+        with accelerator.split_between_processes(indices) as share:
+            local = extract_features(model, processor, [files[i] for i in share], batch_size, progress)
+        # Shares are contiguous and in rank order, so concatenating the gathered shares restores the file order.
+        shares = gather_object([local])
+        return {name: torch.cat([share[name] for share in shares]) for name in local}
+    device = accelerator.device if accelerator is not None else next(model.parameters()).device
+    model = model.to(device)
     cls_batches, patch_batches = [], []
     with tqdm(total=len(files), desc="Encoding", unit="img", disable=not progress) as bar:
         for start in range(0, len(files), batch_size):
             batch_files = files[start : start + batch_size]
             # Paths, not arrays: the processor reads them and applies the DICOM / 16-bit conversion itself.
             pixels = processor([str(path) for path in batch_files], return_tensors="pt")["pixel_values"]
-            output = model(pixels)
-            cls_batches.append(output.cls_embeddings.float())
-            patch_batches.append(output.patch_embeddings.float())
+            output = model(pixels.to(device))
+            cls_batches.append(output.cls_embeddings.float().cpu())
+            patch_batches.append(output.patch_embeddings.float().cpu())
             bar.update(len(batch_files))
+    if not files:  # a process with no share
+        hidden, patch, crop = model.config.hidden_size, model.config.patch_size, processor.crop_size
+        return {
+            "cls": torch.empty(0, hidden),
+            "patch": torch.empty(0, hidden, crop["height"] // patch, crop["width"] // patch),
+        }
     return {"cls": torch.cat(cls_batches), "patch": torch.cat(patch_batches)}
 
 
@@ -90,10 +110,12 @@ def cached_features(
     cache_dir: str | Path,
     batch_size: int = 4,
     progress: bool = True,
+    accelerator: Accelerator | None = None,
 ) -> tuple[dict[str, torch.Tensor], bool]:
     """`extract_features`, cached in `cache_dir` as safetensors keyed by weights, config, preprocessing and files.
 
-    Returns the features and whether they came from the cache (then the encoder did not run).
+    Returns the features and whether they came from the cache (then the encoder did not run). With several
+    processes, they share the encoding and the main process writes the cache entry.
     """
     key = hashlib.sha256(
         "|".join(
@@ -104,9 +126,10 @@ def cached_features(
     if path.exists():
         logger.info("Features from cache %s", path)
         return load_file(path), True
-    features = extract_features(model, processor, files, batch_size=batch_size, progress=progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({name: tensor.contiguous() for name, tensor in features.items()}, tmp)
-    tmp.replace(path)  # a killed run never leaves a truncated cache entry
+    features = extract_features(model, processor, files, batch_size, progress, accelerator)
+    if accelerator is None or accelerator.is_main_process:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        save_file({name: tensor.contiguous() for name, tensor in features.items()}, tmp)
+        tmp.replace(path)  # a killed run never leaves a truncated cache entry
     return features, False

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator, DistributedType
+from accelerate import DistributedType
 from accelerate.utils import gather_object, set_seed
 from torchdata.stateful_dataloader import StatefulDataLoader
 from tqdm.auto import tqdm
@@ -25,7 +25,7 @@ from modeling_rad_dino import RadDinoModel
 from rad_dino.augment import MultiCropAugmentation
 from rad_dino.checkpoint import TrainState, latest_checkpoint, save_checkpoint
 from rad_dino.data import MultiCropMapper, build_stream, collate_crops, parse_source
-from rad_dino.distributed import launched_without_accelerator
+from rad_dino.distributed import make_accelerator
 from rad_dino.export import export_teacher, push_to_hub
 from rad_dino.fingerprint import parameter_digest
 from rad_dino.masking import sample_batch_masks
@@ -108,13 +108,10 @@ class Pretrainer:
         if not recipe.train.data_sources:
             raise ValueError("No data: set train.data_sources (or pass --data)")
         self.options = options
-        self.accelerator = Accelerator(
+        self.accelerator = make_accelerator(
             gradient_accumulation_steps=recipe.train.gradient_accumulation_steps,
             mixed_precision=recipe.train.mixed_precision,
-            cpu=launched_without_accelerator(),
         )
-        if not self.accelerator.is_main_process:  # one process speaks; the others only warn
-            logging.getLogger().setLevel(logging.WARNING)
         recipe.train.world_size = self.accelerator.num_processes
         logger.info(
             "%d process(es), %s on %s, mixed precision %s",

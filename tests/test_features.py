@@ -1,6 +1,9 @@
 """Feature extraction command and the patch-PCA picture, on the embedded sample with a tiny encoder."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +17,8 @@ from image_processing_rad_dino import RadDinoImageProcessor
 from rad_dino.features import extract_features, list_images
 from rad_dino.plots import patch_pca_rgb
 
-SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample" / "images"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = REPO_ROOT / "data" / "sample" / "images"
 
 
 @pytest.fixture
@@ -113,6 +117,31 @@ def test_linear_probe_command(tiny_model_dir, labelled_sample_csv, tmp_path):
     assert 0.0 <= saved["accuracy"]["value"] <= 1.0 and "macro" in saved["auroc"]
     assert (output / "roc_curves.png").stat().st_size > 1000 and (output / "confusion_matrix.png").exists()
     assert train_downstream.main(arguments)["features_from_cache"]
+
+
+def test_two_processes_share_the_encoding_and_match_one(tiny_model_dir, labelled_sample_csv, tmp_path):
+    """`accelerate launch` with two CPU processes: each encodes half, the gathered features equal one process's
+    in the files' order, and only the main process writes (one metrics.json, one cache entry)."""
+    arguments = ["--model", str(tiny_model_dir), "--csv", str(labelled_sample_csv), "--val-fraction", "0.34"]
+    single = train_downstream.main(
+        ["linear-probe", *arguments, "--cache-dir", str(tmp_path / "one"), "--output", str(tmp_path / "out1")]
+    )
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file"]
+    launch += [str(REPO_ROOT / "configs" / "accelerate" / "cpu_2proc.yaml"), "--main_process_port", "29517"]
+    command = [*launch, str(REPO_ROOT / "train_downstream.py"), "linear-probe", *arguments]
+    command += ["--cache-dir", str(tmp_path / "two"), "--output", str(tmp_path / "out2")]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    run = subprocess.run(
+        command, check=True, timeout=300, env=environment, cwd=tmp_path, capture_output=True, text=True
+    )
+    assert "6/6" in run.stderr and "12/12" not in run.stderr  # progress bars: each process encoded half
+    [one], [two] = (list((tmp_path / name).glob("*.safetensors")) for name in ("one", "two"))
+    assert one.name == two.name  # same key: same weights, preprocessing and files
+    first, second = load_file(one), load_file(two)
+    for name in first:
+        torch.testing.assert_close(first[name], second[name], atol=1e-5, rtol=1e-5)
+    metrics = json.loads((tmp_path / "out2" / "metrics.json").read_text())
+    assert metrics["accuracy"] == single["accuracy"] and metrics["n_images"] == 12
 
 
 def test_linear_probe_reports_missing_columns(tmp_path):

@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rad_dino.distributed import launched_without_accelerator
+from rad_dino.distributed import make_accelerator
 from rad_dino.features import RELEASED_MODEL_ID, load_encoder
 from rad_dino.plots import plot_loss_curves
 from rad_dino.probe import patient_split
@@ -139,11 +139,7 @@ def evaluate_split(
 
 
 def run_report(args: argparse.Namespace) -> dict:
-    accelerator = Accelerator(
-        gradient_accumulation_steps=args.grad_accum,
-        mixed_precision=args.mixed_precision,
-        cpu=launched_without_accelerator(),
-    )
+    accelerator = make_accelerator(gradient_accumulation_steps=args.grad_accum, mixed_precision=args.mixed_precision)
     set_seed(args.seed)
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
