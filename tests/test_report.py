@@ -2,6 +2,7 @@
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -216,9 +217,10 @@ def test_report_command_trains_saves_and_reloads(pair_folder, tiny_model, image_
     epochs = ["--lm-epochs", "2", "--stage1-epochs", "1", "--stage2-epochs", "2", "--lora-rank", "2"]
     output = tmp_path / "report"
     results = main(["report", "--encoder", str(tmp_path / "encoder"), *common, *tiny, *epochs, "--output", str(output)])
-    for name in ["metrics.json", "loss_curves.png", "stage1_projector.safetensors", "generations_held_out.jsonl"]:
+    for name in ["metrics.json", "loss_curves.png", "loss_curves.json", "stage1_projector.safetensors"]:
         assert (output / name).is_file(), name
     assert (output / "adapter" / "adapter_config.json").is_file()
+    assert (output / "tiny_lm" / "config.json").is_file() and (output / "tiny_lm" / "tokenizer.json").is_file()
     held_out = [json.loads(line) for line in (output / "generations_held_out.jsonl").read_text().splitlines()]
     train = [json.loads(line) for line in (output / "generations_train.jsonl").read_text().splitlines()]
     assert results["held_out"]["n"] == len(held_out) == 2 and len(train) == 4  # one of three patients held out
@@ -226,6 +228,8 @@ def test_report_command_trains_saves_and_reloads(pair_folder, tiny_model, image_
     assert not {patient[row["id"]] for row in held_out} & {patient[row["id"]] for row in train}
     assert results["baseline_report"] in REPORTS
     assert set(results["final_loss"]) == {"language model on text", "stage 1 (projector)", "stage 2 (LoRA)"}
+    curves = json.loads((output / "loss_curves.json").read_text())
+    assert len(curves["stage 2 (LoRA)"]) == 2 * 2  # 2 epochs of 2 batches (4 training pairs, batch 2)
 
     # Evaluating the saved generator reproduces the same greedy generations.
     again = main(["report", "--generator", str(output / "generator"), *common, "--output", str(tmp_path / "again")])
@@ -233,3 +237,57 @@ def test_report_command_trains_saves_and_reloads(pair_folder, tiny_model, image_
         output / "generations_held_out.jsonl"
     ).read_text()
     assert again["held_out"]["model"] == results["held_out"]["model"]
+
+
+def test_gradient_checkpointing_trains_lora(generator, pairs):
+    model, processor = generator
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    peft_model = add_lora(model, LoraSettings(rank=4, lm_targets=["q_proj", "v_proj"]))
+    before = snapshot(peft_model)
+    losses = one_step(peft_model, pairs, processor)
+    assert np.isfinite(losses).all()
+    assert any(not torch.equal(before[n], p) for n, p in peft_model.named_parameters() if "lora_B" in n)
+
+
+def test_pairs_from_parquet_with_embedded_images(tmp_path, generator):
+    """A Hub-style dataset: an `Image` feature (decoded to PIL) and a text column, no file paths."""
+    from datasets import Dataset, Features, Value
+    from datasets import Image as ImageFeature
+
+    images = [Image.fromarray(np.full((40, 50), 30 * i, np.uint8)) for i in range(3)]
+    features = Features({"image": ImageFeature(), "report": Value("string"), "subject": Value("string")})
+    table = Dataset.from_dict({"image": images, "report": REPORTS[:3], "subject": ["a", "b", "b"]}, features=features)
+    table.to_parquet(str(tmp_path / "pairs.parquet"))
+    pairs = load_report_pairs(str(tmp_path / "pairs.parquet"), "image", "report", "subject")
+    assert [pair.patient for pair in pairs] == ["a", "b", "b"] and isinstance(pairs[0].image, Image.Image)
+    model, processor = generator
+    batch = ReportCollator(processor, INSTRUCTION, 32)(pairs)
+    assert batch["pixel_values"].shape == (3, 3, 56, 56) and torch.isfinite(model(**batch).loss)
+
+
+def test_push_generator_uploads_weights_code_and_processor(generator, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import huggingface_hub
+
+    from rad_dino.report.builder import push_generator
+
+    uploaded = {}
+
+    def create_repo(self, repo_id, **kwargs):
+        return SimpleNamespace(repo_id=repo_id)
+
+    def create_commit(self, repo_id, operations, **kwargs):
+        uploaded.update({operation.path_in_repo: operation.path_or_fileobj for operation in operations})
+        return SimpleNamespace(commit_url="https://example.invalid/commit", oid="0" * 40, pr_url=None)
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_commit", create_commit)
+    save_generator(*generator, tmp_path / "generator")
+    assert push_generator(tmp_path / "generator", "someone/rad-dino-report") == "someone/rad-dino-report"
+    expected = {"config.json", "model.safetensors", "modeling_rad_dino.py", "configuration_rad_dino.py"}
+    expected |= {"tokenizer.json", "chat_template.jinja", "preprocessor_config.json", "processor_config.json"}
+    assert expected <= set(uploaded)
+    config = json.loads(Path(uploaded["config.json"]).read_text())
+    assert config["model_type"] == "rad_dino_llava"
+    assert config["auto_map"]["AutoModelForImageTextToText"] == "modeling_rad_dino.RadDinoLlavaForConditionalGeneration"

@@ -9,6 +9,7 @@ token; pooling k is expressed to it as a patch size of k * 14, which gives the s
 import logging
 from pathlib import Path
 
+from huggingface_hub import CommitOperationAdd, HfApi
 from tokenizers import AddedToken
 from transformers import Dinov2Config, LlavaProcessor, PreTrainedModel, PreTrainedTokenizerBase
 
@@ -119,6 +120,16 @@ def save_generator(model: RadDinoLlavaForConditionalGeneration, processor: Llava
     processor.save_pretrained(path)
     processor.image_processor.save_pretrained(path)  # as the RAD-DINO processor, with its auto_map (DICOM reading)
     return path
+
+
+def push_generator(path: str | Path, repo_id: str, private: bool = False) -> str:
+    """Upload a folder written by `save_generator` (weights, remote code, processor, tokenizer) to the Hub."""
+    api, path = HfApi(), Path(path)
+    repo = api.create_repo(repo_id, private=private, exist_ok=True)
+    files = sorted(file for file in path.rglob("*") if file.is_file())
+    operations = [CommitOperationAdd(str(file.relative_to(path)), str(file)) for file in files]
+    api.create_commit(repo.repo_id, operations, commit_message="Upload RAD-DINO report generator")
+    return repo.repo_id
 
 
 def load_generator(path: str | Path) -> tuple[RadDinoLlavaForConditionalGeneration, LlavaProcessor]:

@@ -24,7 +24,13 @@ from rad_dino.distributed import make_accelerator
 from rad_dino.features import RELEASED_MODEL_ID, load_encoder
 from rad_dino.plots import plot_loss_curves
 from rad_dino.probe import patient_split
-from rad_dino.report.builder import DEFAULT_INSTRUCTION, build_generator, load_generator, save_generator
+from rad_dino.report.builder import (
+    DEFAULT_INSTRUCTION,
+    build_generator,
+    load_generator,
+    push_generator,
+    save_generator,
+)
 from rad_dino.report.data import ReportCollator, ReportPair, load_report_pairs
 from rad_dino.report.generation import GenerationSettings, generate_reports, write_jsonl
 from rad_dino.report.text_metrics import report_metrics
@@ -48,8 +54,9 @@ def most_common_report(pairs: list[ReportPair]) -> str:
     return Counter(pair.text for pair in pairs).most_common(1)[0][0]
 
 
-def build_language_model(args: argparse.Namespace, train_texts: list[str], accelerator: Accelerator):
-    """(LM, tokenizer, text-pretraining losses): a tiny local Llama trained on the training reports, or `--lm`."""
+def build_language_model(args: argparse.Namespace, train_texts: list[str], accelerator: Accelerator, output: Path):
+    """(LM, tokenizer, text-pretraining losses): `--lm`, or a tiny local Llama trained on the training reports and
+    saved to `output/tiny_lm` (the base that `adapter/` applies to)."""
     if args.lm != TINY_LM:
         return AutoModelForCausalLM.from_pretrained(args.lm), AutoTokenizer.from_pretrained(args.lm), []
     tokenizer = train_tokenizer(train_texts, args.tiny_vocab_size)
@@ -63,6 +70,9 @@ def build_language_model(args: argparse.Namespace, train_texts: list[str], accel
         batch_size=args.batch_size,
         max_tokens=args.max_report_tokens,
     )
+    if accelerator.is_main_process:
+        model.save_pretrained(output / "tiny_lm")
+        tokenizer.save_pretrained(output / "tiny_lm")
     return model, tokenizer, losses
 
 
@@ -71,7 +81,7 @@ def train_generator(args: argparse.Namespace, train_pairs: list[ReportPair], acc
     encoder, image_processor, encoder_name = load_encoder(
         args.encoder, random_fallback=args.encoder == RELEASED_MODEL_ID
     )
-    language_model, tokenizer, curves = build_language_model(args, [p.text for p in train_pairs], accelerator)
+    language_model, tokenizer, curves = build_language_model(args, [p.text for p in train_pairs], accelerator, output)
     curves = {"language model on text": curves} if curves else {}
     model, processor = build_generator(
         encoder,
@@ -83,7 +93,7 @@ def train_generator(args: argparse.Namespace, train_pairs: list[ReportPair], acc
         chat_template=Path(args.chat_template).read_text() if args.chat_template else None,
     )
     if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     collator = ReportCollator(processor, args.instruction, args.max_report_tokens)
     loader = DataLoader(
         train_pairs,
@@ -94,7 +104,8 @@ def train_generator(args: argparse.Namespace, train_pairs: list[ReportPair], acc
     )
     freeze_all_but_projector(model)
     logger.info("Stage 1: %d of %d parameters trainable (projector)", *trainable_parameter_count(model))
-    curves["stage 1 (projector)"] = train_loop(model, loader, accelerator, args.stage1_epochs, args.stage1_lr)
+    stage = "stage 1 (projector)"
+    curves[stage] = train_loop(model, loader, accelerator, args.stage1_epochs, args.stage1_lr, description=stage)
     if accelerator.is_main_process:
         save_file(model.model.multi_modal_projector.state_dict(), output / "stage1_projector.safetensors")
 
@@ -108,7 +119,8 @@ def train_generator(args: argparse.Namespace, train_pairs: list[ReportPair], acc
     )
     peft_model = add_lora(model, lora)
     logger.info("Stage 2: %d of %d parameters trainable (LoRA + projector)", *trainable_parameter_count(peft_model))
-    curves["stage 2 (LoRA)"] = train_loop(peft_model, loader, accelerator, args.stage2_epochs, args.stage2_lr)
+    stage = "stage 2 (LoRA)"
+    curves[stage] = train_loop(peft_model, loader, accelerator, args.stage2_epochs, args.stage2_lr, description=stage)
     accelerator.wait_for_everyone()
     peft_model = accelerator.unwrap_model(peft_model)
     if accelerator.is_main_process:
@@ -116,6 +128,7 @@ def train_generator(args: argparse.Namespace, train_pairs: list[ReportPair], acc
     generator = peft_model.merge_and_unload()
     if accelerator.is_main_process:
         save_generator(generator, processor, output / "generator")
+        (output / "loss_curves.json").write_text(json.dumps(curves))
         plot_loss_curves(curves, output / "loss_curves.png", title=f"Report generator ({encoder_name} encoder)")
     return generator, processor, curves, encoder_name
 
@@ -166,7 +179,9 @@ def run_report(args: argparse.Namespace) -> dict:
         "final_loss": {stage: losses[-1] for stage, losses in curves.items()},
         "baseline_report": baseline,
         "held_out": evaluate_split(model, processor, held_out_pairs, baseline, args, "held_out", output),
-        "train": evaluate_split(model, processor, train_pairs[: args.train_eval_size], baseline, args, "train", output),
+        "train": evaluate_split(
+            model, processor, train_pairs[: args.train_eval_size or None], baseline, args, "train", output
+        ),
     }
     (output / "metrics.json").write_text(json.dumps(results, indent=2))
     for split in ("train", "held_out"):
@@ -181,9 +196,9 @@ def run_report(args: argparse.Namespace) -> dict:
                 metric["bleu4"],
                 metric["finding_f1"]["micro_f1"],
             )
-    if args.push_to_hub and not args.generator:
-        model.push_to_hub(args.push_to_hub)
-        processor.push_to_hub(args.push_to_hub)
+    if args.push_to_hub:
+        pushed = push_generator(args.generator or output / "generator", args.push_to_hub)
+        logger.info("Pushed the generator to https://huggingface.co/%s", pushed)
     logger.info("Generator, adapter, generations, metrics and loss curves in %s", output)
     return results
 
@@ -228,11 +243,11 @@ def add_report_parser(commands: argparse._SubParsersAction) -> None:
     model.add_argument("--tiny-vocab-size", type=int, default=2000)
 
     training = report.add_argument_group("training")
-    training.add_argument("--lm-epochs", type=int, default=30, help="text-only epochs of the tiny LM")
-    training.add_argument("--stage1-epochs", type=int, default=5)
+    training.add_argument("--lm-epochs", type=int, default=20, help="text-only epochs of the tiny LM")
+    training.add_argument("--stage1-epochs", type=int, default=10)
     training.add_argument("--stage1-lr", type=float, default=1e-3)
-    training.add_argument("--stage2-epochs", type=int, default=15)
-    training.add_argument("--stage2-lr", type=float, default=5e-4)
+    training.add_argument("--stage2-epochs", type=int, default=30)
+    training.add_argument("--stage2-lr", type=float, default=2e-3)
     training.add_argument("--lora-rank", type=int, default=16)
     training.add_argument("--lora-alpha", type=int, default=32)
     training.add_argument("--lora-dropout", type=float, default=0.05)
@@ -253,8 +268,10 @@ def add_report_parser(commands: argparse._SubParsersAction) -> None:
     generation = report.add_argument_group("generation and evaluation")
     generation.add_argument("--max-new-tokens", type=int, default=96)
     generation.add_argument("--num-beams", type=int, default=1, help="1 = greedy")
-    generation.add_argument("--repetition-penalty", type=float, default=1.2)
-    generation.add_argument("--train-eval-size", type=int, default=40, help="training pairs also scored")
+    generation.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats")
+    generation.add_argument(
+        "--train-eval-size", type=int, default=0, help="training pairs also scored (0: all of them)"
+    )
     report.add_argument("--output", default="outputs/report")
-    report.add_argument("--push-to-hub", metavar="REPO_ID", help="push the merged generator and processor")
+    report.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the merged generator and its processor")
     report.set_defaults(run=run_report)
