@@ -7,17 +7,19 @@ Subcommands:
                 folders with a metadata.csv (file, patient, lung_mask columns); patient split; lung Dice with a 95 %
                 bootstrap interval, pooled Dice/IoU, overlay pictures, and the model saved for from_pretrained.
   visualize     for each image or DICOM given: patch-feature PCA and the last layer's CLS attention per head.
-  linear-probe  logistic regression on frozen features (CLS + mean patch token) of images listed in a CSV with a
-                label and a patient column; patient-level split; accuracy, AUROC, AUPRC with 95 % bootstrap CIs,
-                ROC curves, a confusion matrix and per-image predictions. Features are cached, so reruns skip the
-                encoder.
-  knn           weighted k-nearest-neighbour classification of the same CSV on cached frozen features, as DINO's
+  linear-probe  logistic regression on frozen features (CLS + mean patch token) of images listed in a table with an
+                image-path, a label and a patient column (--table: CSV, parquet or JSON lines file, a folder with
+                a metadata.csv, or a Hub dataset id, read with HF datasets); several --label-column's make a
+                multi-label task (0/1 columns, one binary regression per label); patient-level split; accuracy,
+                AUROC, AUPRC with 95 % bootstrap CIs, ROC curves, a confusion matrix (multi-class) and per-image
+                predictions. Features are cached, so reruns skip the encoder.
+  knn           weighted k-nearest-neighbour classification of the same table on cached frozen features, as DINO's
                 k-NN evaluation (cosine similarity, k = 20, votes weighted by exp(similarity / 0.07)); same split,
                 metrics and pictures as linear-probe.
   demographics  sex (logistic regression, AUROC) and age (ridge regression, MAE and Pearson r) on frozen features
                 of folders with a metadata.csv (default: covid-chestxray); rows missing a value are dropped for that
                 target; patient split; 95 % bootstrap CIs, an age scatter plot and a sex ROC curve.
-  finetune      fine-tune RadDinoForImageClassification end to end on the CSV's images (LoRA by default, or full,
+  finetune      fine-tune RadDinoForImageClassification end to end on the table's images (LoRA by default, or full,
                 or only the head) with Accelerate (plain or under `accelerate launch`); AdamW, cosine schedule with
                 warmup; linear-probe's metrics and pictures plus a loss curve; saves the model for from_pretrained
                 (LoRA: the adapter, and the model with the adapter merged in). On a CPU use a small encoder.
@@ -32,6 +34,8 @@ Examples:
   python train_downstream.py features --images ../shared/data/dicom --model ./my-rad-dino --output outputs/dicom
   python train_downstream.py linear-probe --model outputs/pretrain/export
   python train_downstream.py knn --model outputs/pretrain/export --k 20
+  python train_downstream.py linear-probe --table ../shared/data/covid-chestxray --label-column finding
+  python train_downstream.py linear-probe --table labels.parquet --label-column edema effusion consolidation
   python train_downstream.py demographics --model outputs/pretrain/export
   python train_downstream.py finetune --model outputs/learning_check/pretrain/export --epochs 3
   accelerate launch --config_file configs/accelerate/ddp.yaml train_downstream.py finetune --model microsoft/rad-dino
@@ -91,6 +95,7 @@ from rad_dino.plots import (
 from rad_dino.report.cli import add_report_parser
 from rad_dino.probe import linear_probe, patient_split
 from rad_dino.segmentation import foreground_dice, mask_like_processor, predict, train_decoder
+from rad_dino.tables import UNCERTAIN_POLICIES, LabelledTable, read_labelled_table
 
 logger = logging.getLogger("rad_dino")
 REPO = Path(__file__).resolve().parent
@@ -264,43 +269,29 @@ def run_segment(args: argparse.Namespace) -> dict:
     return results
 
 
-def read_labelled_csv(args: argparse.Namespace) -> tuple[list[Path], np.ndarray, np.ndarray, list[str]]:
-    """Files, integer labels, patients and sorted class names from a CSV; relative files resolve from --image-root."""
-    csv_path = Path(args.csv)
-    if not csv_path.is_file():
-        raise FileNotFoundError(f"Label CSV not found: {csv_path} (pass --csv)")
-    with open(csv_path, encoding="utf-8", newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    missing = {args.image_column, args.label_column, args.patient_column} - set(rows[0] if rows else {})
-    if missing:
-        raise ValueError(f"{csv_path} lacks column(s) {sorted(missing)}; columns: {sorted(rows[0]) if rows else []}")
-    root = Path(args.image_root) if args.image_root else csv_path.parent
-    classes = sorted({row[args.label_column] for row in rows})
-    files = [root / row[args.image_column] for row in rows]
-    labels = np.array([classes.index(row[args.label_column]) for row in rows])
-    patients = np.array([row[args.patient_column] for row in rows])
-    return files, labels, patients, classes
-
-
 @dataclass
-class LabelledSplit:
-    """A labelled CSV's `files`, integer `labels` and `patients` `(N,)`, sorted `classes`, and the `train` / `val`
-    indices of a patient-level split."""
+class LabelledSplit(LabelledTable):
+    """A labelled table (`rad_dino.tables.LabelledTable`) and the `train` / `val` indices of a patient-level split."""
 
-    files: list[Path]
-    labels: np.ndarray
-    patients: np.ndarray
-    classes: list[str]
     train: np.ndarray
     val: np.ndarray
 
 
 def labelled_split(args: argparse.Namespace, task: str) -> LabelledSplit:
-    """`--csv`'s rows split by patient (`--val-fraction`, `--seed`)."""
-    files, labels, patients, classes = read_labelled_csv(args)
-    train, val = patient_split(patients, args.val_fraction, args.seed)
-    logger.info("%s: %d train / %d validation images, no patient in both", task, len(train), len(val))
-    return LabelledSplit(files, labels, patients, classes, train, val)
+    """`--table`'s rows split by patient (`--val-fraction`, `--seed`)."""
+    table = read_labelled_table(
+        args.table,
+        args.image_column,
+        args.label_column,
+        args.patient_column,
+        args.image_root,
+        args.split,
+        args.uncertain_as,
+    )
+    train, val = patient_split(table.patients, args.val_fraction, args.seed)
+    kind = f"{len(table.classes)} labels" if table.multilabel else f"{len(table.classes)} classes"
+    logger.info("%s (%s): %d train / %d validation images, no patient in both", task, kind, len(train), len(val))
+    return LabelledSplit(**{field.name: getattr(table, field.name) for field in fields(table)}, train=train, val=val)
 
 
 def frozen_features(args: argparse.Namespace, files: list[Path], pooling: str = "cls_mean") -> tuple[np.ndarray, dict]:
@@ -320,18 +311,27 @@ def frozen_features(args: argparse.Namespace, files: list[Path], pooling: str = 
 
 
 def write_classification_outputs(output: Path, results: dict, data: LabelledSplit, probabilities: np.ndarray) -> dict:
-    """metrics.json (`results`), ROC curves, a confusion matrix and the validation predictions `(N_val, C)` per image
-    (predictions.csv); logs accuracy and macro AUROC with their intervals. Returns `results`."""
+    """metrics.json (`results`), ROC curves, a confusion matrix (multi-class only) and the validation predictions
+    `(N_val, C)` per image (predictions.csv; multi-label: the positive labels, and those at probability >= 0.5,
+    joined by ";"); logs accuracy and macro AUROC with their intervals. Returns `results`."""
     output.mkdir(parents=True, exist_ok=True)
-    labels, predicted = data.labels[data.val], probabilities.argmax(axis=1)
-    plot_roc_curves(labels, probabilities, output / "roc_curves.png", class_names=data.classes)
-    plot_confusion_matrix(labels, predicted, output / "confusion_matrix.png", class_names=data.classes)
+    labels = data.labels[data.val]
+    plot_roc_curves(labels, probabilities, output / "roc_curves.png", data.classes, multilabel=data.multilabel)
+    if data.multilabel:
+        logger.info("Multi-label: one ROC curve per label, no confusion matrix")
+        names = np.array(data.classes)
+        truth = [";".join(names[row == 1]) for row in labels]
+        guesses = [";".join(names[row >= 0.5]) for row in probabilities]
+    else:
+        predicted = probabilities.argmax(axis=1)
+        plot_confusion_matrix(labels, predicted, output / "confusion_matrix.png", class_names=data.classes)
+        truth, guesses = [data.classes[i] for i in labels], [data.classes[i] for i in predicted]
     write_csv(
         output / "predictions.csv",
         ["file", "patient", "label", "predicted"] + [f"p_{name}" for name in data.classes],
         [
-            [str(data.files[index]), data.patients[index], data.classes[label], data.classes[guess], *row.tolist()]
-            for index, label, guess, row in zip(data.val, labels, predicted, probabilities)
+            [str(data.files[index]), data.patients[index], label, guess, *row.tolist()]
+            for index, label, guess, row in zip(data.val, truth, guesses, probabilities)
         ],
     )
     (output / "metrics.json").write_text(json.dumps(results, indent=2))
@@ -361,9 +361,10 @@ def run_linear_probe(args: argparse.Namespace) -> dict:
         data.labels[val],
         data.classes,
         args.seed,
+        multilabel=data.multilabel,
     )
     probabilities = results.pop("probabilities")
-    results.update(info, csv=str(args.csv), seed=args.seed)
+    results.update(info, table=str(args.table), seed=args.seed)
     return write_classification_outputs(Path(args.output), results, data, probabilities)
 
 
@@ -373,9 +374,11 @@ def run_knn(args: argparse.Namespace) -> dict:
     probabilities = knn_classify(
         vectors[data.train], data.labels[data.train], vectors[data.val], len(data.classes), args.k, args.temperature
     ).numpy()
-    results = classification_metrics(data.labels[data.val], probabilities, class_names=data.classes, seed=args.seed)
+    results = classification_metrics(
+        data.labels[data.val], probabilities, data.classes, multilabel=data.multilabel, seed=args.seed
+    )
     results.update(info, k=args.k, temperature=args.temperature, features=args.features, n_train=len(data.train))
-    results.update(csv=str(args.csv), seed=args.seed)
+    results.update(table=str(args.table), seed=args.seed)
     return write_classification_outputs(Path(args.output), results, data, probabilities)
 
 
@@ -431,7 +434,7 @@ def run_finetune(args: argparse.Namespace) -> dict:
     encoder, processor, model_name = encoder_from_args(args)
     size = args.image_size or int(np.min(encoder.config.image_size))
     processor = processor_at(processor, size)
-    model = classifier_from_encoder(encoder, data.classes, args.pooling, args.seed)
+    model = classifier_from_encoder(encoder, data.classes, args.pooling, args.seed, multilabel=data.multilabel)
     options = FinetuneOptions(**{option.name: getattr(args, option.name) for option in fields(FinetuneOptions)})
     train_files, val_files = [data.files[i] for i in data.train], [data.files[i] for i in data.val]
     augment = augment_radiograph if args.augment else None
@@ -440,7 +443,9 @@ def run_finetune(args: argparse.Namespace) -> dict:
     logger.info("Fine-tuning (%s) %s at %d px on %s", args.method, model_name, size, accelerator.device)
     start = time.perf_counter()
     result = finetune(accelerator, model, train_set, val_set, options)
-    results = classification_metrics(data.labels[data.val], result.probabilities, data.classes, seed=args.seed)
+    results = classification_metrics(
+        data.labels[data.val], result.probabilities, data.classes, multilabel=data.multilabel, seed=args.seed
+    )
     results.update(
         model=model_name,
         method=args.method,
@@ -449,7 +454,7 @@ def run_finetune(args: argparse.Namespace) -> dict:
         history=result.history,
         train_seconds=round(time.perf_counter() - start, 1),
         n_train=len(data.train),
-        csv=str(args.csv),
+        table=str(args.table),
         seed=args.seed,
         options={name: value for name, value in vars(args).items() if name not in ("run", "command")},
     )
@@ -474,12 +479,35 @@ def add_model_arguments(parser: argparse.ArgumentParser, batch_size: int = 4) ->
     parser.add_argument("--batch-size", type=int, default=batch_size)
 
 
-def add_labelled_csv_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--csv", default=str(PEDIATRIC_CSV), help="CSV with image, label and patient columns")
-    parser.add_argument("--image-root", help="folder the CSV's image paths are relative to (default: the CSV's)")
+def add_labelled_table_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--table",
+        "--csv",
+        dest="table",
+        default=str(PEDIATRIC_CSV),
+        help="labelled images: a .csv, .parquet or .jsonl/.json file, a folder with a metadata.csv, or a Hub dataset "
+        "id; image-path, label and patient columns",
+    )
+    parser.add_argument("--split", default="train", help="the Hub dataset's split (Hub ids only)")
+    parser.add_argument(
+        "--image-root",
+        help="folder the image paths are relative to (default: the table's; required for a Hub id with relative paths)",
+    )
     parser.add_argument("--image-column", default="file")
-    parser.add_argument("--label-column", default="label")
-    parser.add_argument("--patient-column", default="patient")
+    parser.add_argument(
+        "--label-column",
+        nargs="+",
+        default=["label"],
+        help="one column: multi-class (its values are the classes); several: multi-label, one 0/1 label per column "
+        "(1/0, true/false, yes/no; blank is an error)",
+    )
+    parser.add_argument(
+        "--uncertain-as",
+        choices=UNCERTAIN_POLICIES,
+        default="negative",
+        help="multi-label value -1 (CheXpert's uncertain) counts as this",
+    )
+    parser.add_argument("--patient-column", default="patient", help="no patient is in both splits")
 
 
 def add_split_arguments(parser: argparse.ArgumentParser) -> None:
@@ -567,7 +595,7 @@ def build_parser() -> argparse.ArgumentParser:
     finetune_parser = commands.add_parser("finetune", help="fine-tune a classifier end to end (full, LoRA or head)")
     for command in (probe, knn, finetune_parser):
         add_model_arguments(command, batch_size=16 if command is finetune_parser else 4)
-        add_labelled_csv_arguments(command)
+        add_labelled_table_arguments(command)
         add_split_arguments(command)
     for command in (probe, knn):
         add_cache_argument(command)

@@ -47,11 +47,17 @@ def processor_at(processor: RadDinoImageProcessor, size: int) -> RadDinoImagePro
 
 
 def classifier_from_encoder(
-    encoder: RadDinoModel, class_names: Sequence[str], pooling: str = "cls_mean", seed: int = 0
+    encoder: RadDinoModel,
+    class_names: Sequence[str],
+    pooling: str = "cls_mean",
+    seed: int = 0,
+    multilabel: bool = False,
 ) -> RadDinoForImageClassification:
-    """A classifier with `encoder`'s weights and a new head (seeded) for `class_names`."""
+    """A classifier with `encoder`'s weights and a new head (seeded) for `class_names`; `multilabel`: one sigmoid
+    output per name, trained with binary cross-entropy (transformers' `multi_label_classification`)."""
     config = copy.deepcopy(encoder.config)
     config.num_labels, config.pooling = len(class_names), pooling
+    config.problem_type = "multi_label_classification" if multilabel else "single_label_classification"
     config.id2label = dict(enumerate(class_names))
     config.label2id = {name: index for index, name in enumerate(class_names)}
     torch.manual_seed(seed)
@@ -81,22 +87,27 @@ def augment_radiograph(
 
 
 class ImageDataset(Dataset):
-    """Labelled image files read through a `RadDinoImageProcessor`: item -> (`(3, H, W)` pixels, label)."""
+    """Labelled image files read through a `RadDinoImageProcessor`: item -> (`(3, H, W)` pixels, label).
+
+    `labels`: `(N,)` class indices (items get a long scalar) or `(N, C)` 0/1 multi-label targets (items get a
+    float `(C,)` vector, as the binary cross-entropy loss takes them).
+    """
 
     def __init__(
         self,
         files: Sequence[Path],
-        labels: Sequence[int],
+        labels: np.ndarray,
         processor: RadDinoImageProcessor,
         augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
-        self.files, self.labels = list(files), [int(label) for label in labels]
+        labels = torch.as_tensor(np.asarray(labels))
+        self.files, self.labels = list(files), labels.float() if labels.ndim == 2 else labels.long()
         self.processor, self.augment = processor, augment
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         # A path, not an array: the processor applies its DICOM / 16-bit conversion itself.
         pixels = self.processor(str(self.files[index]), return_tensors="pt")["pixel_values"][0]
         return (self.augment(pixels) if self.augment else pixels), self.labels[index]
@@ -165,16 +176,27 @@ def optimizer_groups(model: nn.Module, options: FinetuneOptions) -> list[dict]:
     return fused
 
 
+def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """Share of correct images: argmax against `(N,)` class indices, or every label right at probability 0.5
+    against `(N, C)` multi-label targets (exact match, as `rad_dino.metrics`)."""
+    if labels.ndim == 2:
+        return float(np.mean(np.all((probabilities >= 0.5) == (labels > 0.5), axis=1)))
+    return float(np.mean(probabilities.argmax(axis=1) == labels))
+
+
 @torch.no_grad()
 def predict_probabilities(
     accelerator: Accelerator, model: nn.Module, loader: DataLoader
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Softmax of the logits `(N, C)` and the labels `(N,)` of every item of a prepared, unshuffled `loader`, in
-    dataset order, on every process (`gather_for_metrics` drops the padding of the last shard)."""
+    """Probabilities `(N, C)` (softmax of the logits; sigmoid for a multi-label model) and the labels (`(N,)` or
+    `(N, C)`) of every item of a prepared, unshuffled `loader`, in dataset order, on every process
+    (`gather_for_metrics` drops the padding of the last shard)."""
     model.eval()
+    multilabel = accelerator.unwrap_model(model).config.problem_type == "multi_label_classification"
     probabilities, labels = [], []
     for pixels, batch_labels in loader:
-        batch = model(pixel_values=pixels).logits.float().softmax(dim=-1)
+        logits = model(pixel_values=pixels).logits.float()
+        batch = logits.sigmoid() if multilabel else logits.softmax(dim=-1)
         batch, batch_labels = accelerator.gather_for_metrics((batch, batch_labels))
         probabilities.append(batch.cpu())
         labels.append(batch_labels.cpu())
@@ -234,7 +256,7 @@ def finetune(
         record = {
             "epoch": epoch,
             "train_loss": float(np.mean(epoch_losses)),
-            "val_accuracy": float(np.mean(result.probabilities.argmax(axis=1) == val_labels)),
+            "val_accuracy": accuracy(result.probabilities, val_labels),
             "seconds": round(time.perf_counter() - start, 1),
         }
         result.batch_losses += epoch_losses

@@ -1,5 +1,6 @@
 """Frozen-feature linear probes (logistic and ridge regression) with patient-level splits and CV folds."""
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -9,6 +10,8 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from rad_dino.metrics import classification_metrics
+
+logger = logging.getLogger(__name__)
 
 REGULARISATION_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
 RIDGE_GRID = tuple(10.0**power for power in range(-2, 7))
@@ -60,6 +63,32 @@ def fit_ridge_probe(features: np.ndarray, targets: np.ndarray, patients: np.ndar
     return regressor.fit(features, targets)
 
 
+def per_label_probabilities(
+    train_features: np.ndarray,
+    train_labels: np.ndarray,
+    train_groups: np.ndarray,
+    val_features: np.ndarray,
+    class_names: Sequence[str],
+    seed: int = 0,
+) -> tuple[np.ndarray, dict[str, float | None]]:
+    """Multi-label probe: one `fit_linear_probe` per label of `(N, C)` 0/1 `train_labels`.
+
+    Returns the validation probabilities `(N_val, C)` and each label's chosen C. A label with one value in the
+    training split cannot be fitted: it is skipped with a warning, predicted at its training prevalence (C `None`).
+    """
+    columns, chosen = [], {}
+    for name, targets in zip(class_names, train_labels.T):
+        if np.unique(targets).size < 2:
+            logger.warning("Label %r is %d for every training image: predicting its prevalence", name, targets[0])
+            columns.append(np.full(len(val_features), float(targets.mean())))
+            chosen[name] = None
+            continue
+        classifier = fit_linear_probe(train_features, targets, train_groups, seed)
+        columns.append(classifier.predict_proba(val_features)[:, 1])
+        chosen[name] = float(classifier[-1].C_)
+    return np.stack(columns, axis=1), chosen
+
+
 def linear_probe(
     train_features: np.ndarray,
     train_labels: np.ndarray,
@@ -68,16 +97,27 @@ def linear_probe(
     val_labels: np.ndarray,
     class_names: Sequence[str] | None = None,
     seed: int = 0,
+    multilabel: bool = False,
 ) -> dict:
     """Fit on the training split, score the validation split.
 
-    Returns `rad_dino.metrics.classification_metrics` on the validation split (accuracy, AUROC, AUPRC with 95 %
-    bootstrap intervals), the chosen C, and the validation probabilities `(N_val, C)` as `probabilities`.
+    Labels are `(N,)` class indices (one multinomial regression), or `(N, C)` 0/1 with `multilabel` (one binary
+    regression per label, `per_label_probabilities`). Returns `rad_dino.metrics.classification_metrics` on the
+    validation split (accuracy, AUROC, AUPRC with 95 % bootstrap intervals), the chosen C (per label when
+    `multilabel`), and the validation probabilities `(N_val, C)` as `probabilities`.
     """
-    classifier = fit_linear_probe(train_features, train_labels, train_groups, seed)
-    probabilities = classifier.predict_proba(val_features)
-    metrics = classification_metrics(val_labels, probabilities, class_names=class_names, seed=seed)
-    metrics["C"] = float(classifier[-1].C_)
+    if multilabel:
+        names = [str(c) for c in range(train_labels.shape[1])] if class_names is None else class_names
+        probabilities, regularisation = per_label_probabilities(
+            train_features, train_labels, train_groups, val_features, names, seed
+        )
+    else:
+        classifier = fit_linear_probe(train_features, train_labels, train_groups, seed)
+        probabilities, regularisation = classifier.predict_proba(val_features), float(classifier[-1].C_)
+    metrics = classification_metrics(
+        val_labels, probabilities, class_names=class_names, multilabel=multilabel, seed=seed
+    )
+    metrics["C"] = regularisation
     metrics["n_train"] = int(len(train_labels))
     metrics["probabilities"] = probabilities
     return metrics

@@ -122,15 +122,17 @@ def test_merged_model_gives_the_adapted_logits():
 
 
 def _labelled_images(folder: Path, rng: np.random.Generator) -> Path:
-    """12 random images: 3 classes x 2 patients x 2 images, and their CSV."""
+    """12 random images: 3 classes x 2 patients x 2 images, and their CSV (also as 0/1 columns `pneumonia` and
+    `viral`)."""
     folder.mkdir()
     rows = []
     for index in range(12):
         label, patient = ["normal", "bacterial", "viral"][index % 3], f"p{index % 6}"
         PIL.Image.fromarray(rng.integers(0, 256, size=(40, 48), dtype=np.uint8)).save(folder / f"{index}.png")
-        rows.append({"file": f"{index}.png", "label": label, "patient": patient})
+        flags = {"pneumonia": int(label != "normal"), "viral": int(label == "viral")}
+        rows.append({"file": f"{index}.png", "label": label, "patient": patient, **flags})
     with open(folder / "labels.csv", "w", encoding="utf-8", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["file", "label", "patient"])
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     return folder / "labels.csv"
@@ -167,3 +169,27 @@ def test_finetune_command_saves_an_adapter_and_a_merged_model(tiny_model_dir, tm
             probabilities = model(pixel_values=pixels).logits.softmax(dim=-1)
             assert (probabilities - expected).abs().max() <= 1e-5, type(model).__name__
     assert merged.config.id2label == dict(enumerate(classes))
+
+
+def test_multilabel_finetune_predicts_sigmoid_probabilities_per_label(tiny_model_dir, tmp_path):
+    labels_csv = _labelled_images(tmp_path / "images", np.random.default_rng(1))
+    output = tmp_path / "out"
+    results = train_downstream.main(
+        ["finetune", "--model", str(tiny_model_dir), "--csv", str(labels_csv), "--label-column", "pneumonia", "viral"]
+        + ["--method", "full", "--epochs", "1", "--batch-size", "4", "--image-size", "28", "--val-fraction", "0.34"]
+        + ["--no-augment", "--output", str(output)]
+    )
+    assert results["task"] == "multilabel" and results["class_names"] == ["pneumonia", "viral"]
+    assert 0.0 <= results["history"][0]["val_accuracy"] <= 1.0
+    with open(output / "predictions.csv", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    expected = torch.tensor([[float(row[f"p_{name}"]) for name in ("pneumonia", "viral")] for row in rows])
+    model = RadDinoForImageClassification.from_pretrained(output / "model").eval()
+    assert model.config.problem_type == "multi_label_classification"
+    processor = RadDinoImageProcessor.from_pretrained(output / "model")
+    with torch.no_grad():
+        logits = model(
+            pixel_values=processor([row["file"] for row in rows], return_tensors="pt")["pixel_values"]
+        ).logits
+    assert logits.shape == expected.shape == (results["n"], 2)
+    assert (logits.sigmoid() - expected).abs().max() <= 1e-5  # sigmoid per label, not a softmax over labels

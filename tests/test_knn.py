@@ -37,6 +37,20 @@ def test_knn_matches_brute_force(k):
     np.testing.assert_allclose(ours.sum(axis=1), 1.0, atol=1e-6)
 
 
+@pytest.mark.parametrize("k", [1, 7])
+def test_multi_hot_targets_match_per_label_brute_force(k):
+    """Each label's score: the weighted share of neighbours positive for it, i.e. the one-hot reference's
+    probability of class 1 when the training labels are that label's 0/1 column."""
+    rng = np.random.default_rng(k)
+    train, queries = rng.normal(size=(50, 8)), rng.normal(size=(9, 8))
+    targets = rng.integers(0, 2, size=(50, 4))
+    ours = knn_classify(train, targets, queries, num_classes=4, k=k, batch_size=4).numpy()
+    expected = np.stack([_brute_force(train, column, queries, 2, k, 0.07)[:, 1] for column in targets.T], axis=1)
+    np.testing.assert_allclose(ours, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="multi-hot labels must be"):
+        knn_classify(train, targets, queries, num_classes=3)
+
+
 def test_k1_returns_the_nearest_neighbours_label():
     rng = np.random.default_rng(0)
     train = torch.from_numpy(rng.normal(size=(40, 16))).float()

@@ -7,13 +7,13 @@ rewards predicting the prompt or the image placeholders.
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
-from datasets import load_dataset
 from PIL import Image
 from transformers import LlavaProcessor
+
+from rad_dino.tables import load_table
 
 logger = logging.getLogger(__name__)
 
@@ -43,18 +43,7 @@ def load_report_pairs(
     In files, the image column holds paths relative to the file; in Hub datasets an `Image` feature or paths. Rows
     with an empty report are dropped (counted in the log). Without a patient column every row is its own patient.
     """
-    path = Path(source)
-    if path.is_dir():
-        path = path / "metadata.csv"
-    if path.is_file():
-        builder = {".csv": "csv", ".parquet": "parquet", ".jsonl": "json", ".json": "json"}.get(path.suffix)
-        if builder is None:
-            raise ValueError(f"Unsupported pair file {path} (csv, parquet, jsonl)")
-        dataset, root = load_dataset(builder, data_files=str(path), split="train"), path.parent
-    elif Path(source).exists():
-        raise FileNotFoundError(f"No metadata.csv in {source}")
-    else:
-        dataset, root = load_dataset(source, split=split), None
+    dataset, root = load_table(source, split)
     missing = {image_column, text_column} - set(dataset.column_names)
     if missing:
         raise ValueError(f"{source} lacks column(s) {sorted(missing)}; columns: {dataset.column_names}")
