@@ -50,7 +50,6 @@ import copy
 import csv
 import json
 import logging
-import sys
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -111,6 +110,10 @@ def encoder_view(processor, pixel_values: torch.Tensor) -> np.ndarray:
     return (pixel_values[0, 0] * processor.image_std[0] + processor.image_mean[0]).clamp(0, 1).numpy()
 
 
+class SecondaryProcessDone(Exception):
+    """A non-main process has contributed its share of the encoding; the rest of the command is the main one's."""
+
+
 def encoder_from_args(args: argparse.Namespace) -> tuple[RadDinoModel, RadDinoImageProcessor, str]:
     """`--model`'s encoder, processor and name; only the default Hub id may fall back to random weights."""
     return load_encoder(args.model, random_fallback=args.model == RELEASED_MODEL_ID)
@@ -120,15 +123,15 @@ def encode_once(
     model: RadDinoModel, processor: RadDinoImageProcessor, files: list[Path], batch_size: int, cache_dir: str | None
 ) -> tuple[dict[str, torch.Tensor], bool]:
     """Features of `files` (cached in `cache_dir` unless None) and whether they came from the cache. Under
-    `accelerate launch` the processes share the encoding, then all but the main process exit, so that fitting,
-    metrics and files happen once."""
+    `accelerate launch` the processes share the encoding, then all but the main process stop here (they wait in
+    `main`), so that fitting, metrics and files happen once."""
     accelerator = make_accelerator()
     if cache_dir is None:
         features, from_cache = extract_features(model, processor, files, batch_size, accelerator=accelerator), False
     else:
         features, from_cache = cached_features(model, processor, files, cache_dir, batch_size, accelerator=accelerator)
     if not accelerator.is_main_process:
-        sys.exit(0)
+        raise SecondaryProcessDone
     return features, from_cache
 
 
@@ -628,7 +631,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None):
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return args.run(args)
+    try:
+        return args.run(args)
+    except SecondaryProcessDone:
+        return None
+    finally:
+        # Every process leaves together: one that exits while a peer still holds the gloo/NCCL group can make the
+        # peer's teardown fail or hang.
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -73,3 +73,13 @@ def labelled_sample_csv(tmp_path) -> Path:
         for row in rows:
             writer.writerow({"file": str(SAMPLE / row["file"]), "label": row["label"], "patient": row["patient"]})
     return path
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A TCP port nothing listens on now, for a multi-process rendezvous (fixed ports collide across runs)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

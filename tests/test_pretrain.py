@@ -196,7 +196,7 @@ def test_sigkill_while_checkpointing_resumes_from_previous(tmp_path, images):
     assert not any(p.name.startswith(".tmp-") for p in checkpoints.iterdir())
 
 
-def test_two_process_ddp_keeps_replicas_identical(tmp_path, images):
+def test_two_process_ddp_keeps_replicas_identical(tmp_path, images, free_port):
     config = write_recipe(tmp_path, images)
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
@@ -207,7 +207,7 @@ def test_two_process_ddp_keeps_replicas_identical(tmp_path, images):
             "--nproc_per_node",
             "2",
             "--master_port",
-            "29517",
+            str(free_port),
             str(REPO_ROOT / "train_pretrain.py"),
             "--config",
             str(config),
