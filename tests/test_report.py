@@ -291,3 +291,25 @@ def test_push_generator_uploads_weights_code_and_processor(generator, tmp_path, 
     config = json.loads(Path(uploaded["config.json"]).read_text())
     assert config["model_type"] == "rad_dino_llava"
     assert config["auto_map"]["AutoModelForImageTextToText"] == "modeling_rad_dino.RadDinoLlavaForConditionalGeneration"
+
+
+def test_vision_cache_gives_the_same_training_and_encodes_each_image_once(generator, pairs):
+    import copy
+
+    from rad_dino.report.training import FrozenTowerCache, cached_vision_tower
+
+    model, processor = generator
+    twin = copy.deepcopy(model)
+    loader = DataLoader(pairs[:4], batch_size=2, collate_fn=ReportCollator(processor, INSTRUCTION, 32))
+    plain = train_loop(freeze_all_but_projector(model), loader, Accelerator(), epochs=3, lr=1e-2)
+    with cached_vision_tower(twin):
+        cache = twin.model.vision_tower
+        assert isinstance(cache, FrozenTowerCache)
+        calls = []
+        cache.tower.register_forward_hook(lambda module, inputs, output: calls.append(len(inputs[0])))
+        cached = train_loop(freeze_all_but_projector(twin), loader, Accelerator(), epochs=3, lr=1e-2)
+    assert sum(calls) == cache.misses == 4  # 4 images x 3 epochs, encoded once each
+    torch.testing.assert_close(torch.tensor(cached), torch.tensor(plain), atol=1e-6, rtol=1e-6)
+    assert not isinstance(twin.model.vision_tower, FrozenTowerCache)  # the plain tower is back for saving
+    for name, parameter in model.state_dict().items():
+        torch.testing.assert_close(twin.state_dict()[name], parameter, atol=1e-6, rtol=1e-6)

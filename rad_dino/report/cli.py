@@ -39,6 +39,7 @@ from rad_dino.report.training import (
     DEFAULT_LM_LORA_TARGETS,
     LoraSettings,
     add_lora,
+    cached_vision_tower,
     freeze_all_but_projector,
     train_loop,
     trainable_parameter_count,
@@ -46,6 +47,7 @@ from rad_dino.report.training import (
 
 logger = logging.getLogger("rad_dino")
 TINY_LM = "tiny"
+VISION_CACHE_AUTO_GIB = 4.0
 COVID_CHESTXRAY = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "covid-chestxray"
 
 
@@ -76,6 +78,23 @@ def build_language_model(args: argparse.Namespace, train_texts: list[str], accel
     return model, tokenizer, losses
 
 
+def use_vision_cache(args: argparse.Namespace, model, processor, n_images: int) -> bool:
+    """Whether to keep the frozen encoder's outputs in memory across epochs (`--vision-cache`; "auto": when the
+    encoder is frozen and the outputs of `n_images` take at most `VISION_CACHE_AUTO_GIB`)."""
+    if args.vision_cache == "off" or args.lora_encoder:
+        if args.vision_cache == "on":
+            raise ValueError("--vision-cache on needs a frozen encoder (drop --lora-encoder)")
+        return False
+    vision, crop = model.config.vision_config, processor.image_processor.crop_size
+    tokens = 1 + (crop["height"] // vision.patch_size) * (crop["width"] // vision.patch_size)
+    gib = n_images * tokens * vision.hidden_size * 4 / 2**30
+    if args.vision_cache == "auto" and gib > VISION_CACHE_AUTO_GIB:
+        logger.info("Not caching encoder outputs (%.1f GiB for %d images); --vision-cache on to force", gib, n_images)
+        return False
+    logger.info("Caching the frozen encoder's outputs: %.2f GiB for %d images, encoded once", gib, n_images)
+    return True
+
+
 def train_generator(args: argparse.Namespace, train_pairs: list[ReportPair], accelerator: Accelerator, output: Path):
     """Both LLaVA stages; saves the stage-1 projector, the stage-2 adapter and the merged generator."""
     encoder, image_processor, encoder_name = load_encoder(
@@ -102,13 +121,6 @@ def train_generator(args: argparse.Namespace, train_pairs: list[ReportPair], acc
         collate_fn=collator,
         generator=torch.Generator().manual_seed(args.seed),
     )
-    freeze_all_but_projector(model)
-    logger.info("Stage 1: %d of %d parameters trainable (projector)", *trainable_parameter_count(model))
-    stage = "stage 1 (projector)"
-    curves[stage] = train_loop(model, loader, accelerator, args.stage1_epochs, args.stage1_lr, description=stage)
-    if accelerator.is_main_process:
-        save_file(model.model.multi_modal_projector.state_dict(), output / "stage1_projector.safetensors")
-
     lora = LoraSettings(
         rank=args.lora_rank,
         alpha=args.lora_alpha,
@@ -117,10 +129,20 @@ def train_generator(args: argparse.Namespace, train_pairs: list[ReportPair], acc
         train_projector=not args.freeze_projector_in_stage2,
         lora_encoder=args.lora_encoder,
     )
-    peft_model = add_lora(model, lora)
-    logger.info("Stage 2: %d of %d parameters trainable (LoRA + projector)", *trainable_parameter_count(peft_model))
-    stage = "stage 2 (LoRA)"
-    curves[stage] = train_loop(peft_model, loader, accelerator, args.stage2_epochs, args.stage2_lr, description=stage)
+    with cached_vision_tower(model, use_vision_cache(args, model, processor, len(train_pairs))):
+        freeze_all_but_projector(model)
+        logger.info("Stage 1: %d of %d parameters trainable (projector)", *trainable_parameter_count(model))
+        stage = "stage 1 (projector)"
+        curves[stage] = train_loop(model, loader, accelerator, args.stage1_epochs, args.stage1_lr, description=stage)
+        if accelerator.is_main_process:
+            save_file(model.model.multi_modal_projector.state_dict(), output / "stage1_projector.safetensors")
+        peft_model = add_lora(model, lora)
+        trainable = trainable_parameter_count(peft_model)
+        logger.info("Stage 2: %d of %d parameters trainable (LoRA + projector)", *trainable)
+        stage = "stage 2 (LoRA)"
+        curves[stage] = train_loop(
+            peft_model, loader, accelerator, args.stage2_epochs, args.stage2_lr, description=stage
+        )
     accelerator.wait_for_everyone()
     peft_model = accelerator.unwrap_model(peft_model)
     if accelerator.is_main_process:
@@ -259,6 +281,13 @@ def add_report_parser(commands: argparse._SubParsersAction) -> None:
     )
     training.add_argument("--lora-encoder", action="store_true", help="also put LoRA adapters on the encoder")
     training.add_argument("--freeze-projector-in-stage2", action="store_true")
+    training.add_argument(
+        "--vision-cache",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help=f"encode each training image once and keep the frozen encoder's output in memory (auto: if it fits in "
+        f"{VISION_CACHE_AUTO_GIB:g} GiB)",
+    )
     training.add_argument("--batch-size", type=int, default=8)
     training.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps")
     training.add_argument("--gradient-checkpointing", action="store_true")
