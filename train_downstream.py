@@ -94,7 +94,7 @@ from rad_dino.plots import (
 from rad_dino.report.cli import add_report_parser
 from rad_dino.probe import linear_probe, patient_split
 from rad_dino.segmentation import foreground_dice, mask_like_processor, predict, train_decoder
-from rad_dino.tables import UNCERTAIN_POLICIES, LabelledTable, read_labelled_table
+from rad_dino.tables import UNCERTAIN_POLICIES, LabelledTable, load_table, read_labelled_table
 
 logger = logging.getLogger("rad_dino")
 REPO = Path(__file__).resolve().parent
@@ -112,11 +112,6 @@ def encoder_view(processor, pixel_values: torch.Tensor) -> np.ndarray:
 
 class SecondaryProcessDone(Exception):
     """A non-main process has contributed its share of the encoding; the rest of the command is the main one's."""
-
-
-def encoder_from_args(args: argparse.Namespace) -> tuple[RadDinoModel, RadDinoImageProcessor, str]:
-    """`--model`'s encoder, processor and name; only the default Hub id may fall back to random weights."""
-    return load_encoder(args.model, random_fallback=args.model == RELEASED_MODEL_ID)
 
 
 def encode_once(
@@ -146,7 +141,7 @@ def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
 
 def run_features(args: argparse.Namespace) -> None:
     files = list_images(args.images)
-    model, processor, model_name = encoder_from_args(args)
+    model, processor, model_name = load_encoder(args.model)
     logger.info("Encoding %d images from %s with %s", len(files), args.images, model_name)
     start = time.perf_counter()
     features, _ = encode_once(model, processor, files, args.batch_size, cache_dir=None)
@@ -182,7 +177,7 @@ def run_features(args: argparse.Namespace) -> None:
 
 
 def run_visualize(args: argparse.Namespace) -> list[Path]:
-    model, processor, model_name = encoder_from_args(args)
+    model, processor, model_name = load_encoder(args.model)
     # Attention maps need the eager attention path (sdpa never materialises the weights).
     eager = RadDinoModel._from_config(model.config, attn_implementation="eager").eval()
     eager.load_state_dict(model.state_dict())
@@ -206,12 +201,12 @@ def read_masked_sets(folders: list[str], mask_column: str) -> tuple[list[Path], 
     """(image, mask, patient) of every row with a mask in each folder's metadata.csv; patients namespaced by folder."""
     images, masks, patients = [], [], []
     for folder in map(Path, folders):
-        with open(folder / "metadata.csv", encoding="utf-8", newline="") as handle:
-            for row in csv.DictReader(handle):
-                if row.get(mask_column):
-                    images.append(folder / row["file"])
-                    masks.append(folder / row[mask_column])
-                    patients.append(f"{folder.name}/{row['patient']}")
+        table, root = load_table(str(folder))
+        for row in table:
+            if row.get(mask_column):
+                images.append(root / row["file"])
+                masks.append(root / row[mask_column])
+                patients.append(f"{folder.name}/{row['patient']}")
     if not images:
         raise ValueError(f"No rows with a {mask_column!r} mask in {folders}")
     return images, masks, np.array(patients)
@@ -219,7 +214,7 @@ def read_masked_sets(folders: list[str], mask_column: str) -> tuple[list[Path], 
 
 def run_segment(args: argparse.Namespace) -> dict:
     images, mask_files, patients = read_masked_sets(args.data, args.mask_column)
-    encoder, processor, model_name = encoder_from_args(args)
+    encoder, processor, model_name = load_encoder(args.model)
     features, from_cache = encode_once(encoder, processor, images, args.batch_size, args.cache_dir)
     masks = torch.from_numpy(np.stack([mask_like_processor(str(path), processor) for path in mask_files]))
     train, val = patient_split(patients, args.val_fraction, args.seed)
@@ -300,7 +295,7 @@ def labelled_split(args: argparse.Namespace, task: str) -> LabelledSplit:
 def frozen_features(args: argparse.Namespace, files: list[Path], pooling: str = "cls_mean") -> tuple[np.ndarray, dict]:
     """`(N, F)` frozen features of `files` (CLS ⊕ mean patch token, or the CLS token alone), cached in `--cache-dir`,
     and the run's facts for metrics.json."""
-    model, processor, model_name = encoder_from_args(args)
+    model, processor, model_name = load_encoder(args.model)
     start = time.perf_counter()
     features, from_cache = encode_once(model, processor, files, args.batch_size, args.cache_dir)
     parts = [features["cls"]] + ([features["patch"].mean(dim=(2, 3))] if pooling == "cls_mean" else [])
@@ -434,7 +429,7 @@ def run_finetune(args: argparse.Namespace) -> dict:
         mixed_precision=args.mixed_precision, gradient_accumulation_steps=args.gradient_accumulation_steps
     )
     data = labelled_split(args, "Fine-tuning")
-    encoder, processor, model_name = encoder_from_args(args)
+    encoder, processor, model_name = load_encoder(args.model)
     size = args.image_size or int(np.min(encoder.config.image_size))
     processor = processor_at(processor, size)
     model = classifier_from_encoder(encoder, data.classes, args.pooling, args.seed, multilabel=data.multilabel)

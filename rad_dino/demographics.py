@@ -5,7 +5,6 @@ Sex is coded 1 = male, 0 = female (`m`, `male`, `f`, `female`, any case), so the
 PatientAge); empty, unparseable, negative or over 130 is missing. A row missing one target still serves the other.
 """
 
-import csv
 import logging
 import math
 import re
@@ -17,6 +16,7 @@ import numpy as np
 
 from rad_dino.metrics import demographics_metrics
 from rad_dino.probe import fit_linear_probe, fit_ridge_probe
+from rad_dino.tables import load_table
 
 logger = logging.getLogger(__name__)
 
@@ -55,12 +55,12 @@ def read_demographics(folders: Sequence[str | Path], sex_column: str, age_column
     """
     files, patients, sex, age = [], [], [], []
     for folder in map(Path, folders):
-        with open(folder / "metadata.csv", encoding="utf-8", newline="") as handle:
-            for row in csv.DictReader(handle):
-                files.append(folder / row["file"])
-                patients.append(f"{folder.name}/{row['patient']}")
-                sex.append(parse_sex(row.get(sex_column)))
-                age.append(parse_age(row.get(age_column)))
+        table, root = load_table(str(folder))
+        for row in table:
+            files.append(root / row["file"])
+            patients.append(f"{folder.name}/{row['patient']}")
+            sex.append(parse_sex(row.get(sex_column)))
+            age.append(parse_age(row.get(age_column)))
     if not files:
         raise ValueError(f"No rows in the metadata.csv of {list(folders)}")
     return DemographicsTable(files, np.array(patients), np.array(sex), np.array(age))

@@ -23,13 +23,18 @@ RANDOM_INIT = "random"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom"}
 
 
-def load_encoder(name_or_path: str, random_fallback: bool = False) -> tuple[RadDinoModel, RadDinoImageProcessor, str]:
+def load_encoder(
+    name_or_path: str, random_fallback: bool | None = None
+) -> tuple[RadDinoModel, RadDinoImageProcessor, str]:
     """Load an encoder and its processor from a Hub id or directory, or build a random full-size one.
 
     `name_or_path="random"` builds a randomly initialised RAD-DINO. With `random_fallback`, a Hub id that cannot be
     loaded (offline, no cache) falls back to random weights with a warning instead of failing; the returned name
-    says which happened.
+    says which happened. By default (None) only the released model, every command's default, falls back: a
+    mistyped path or id the user gave still fails.
     """
+    if random_fallback is None:
+        random_fallback = name_or_path == RELEASED_MODEL_ID
     if name_or_path == RANDOM_INIT:
         torch.manual_seed(0)
         return RadDinoModel(RadDinoConfig()).eval(), RadDinoImageProcessor(), RANDOM_INIT
@@ -75,9 +80,8 @@ def extract_features(
     `accelerator` (e.g. under `accelerate launch`), each process encodes a contiguous share of `files` on its
     device and every process gets all features back.
     """
-    indices = list(range(len(files)))
     if accelerator is not None and accelerator.num_processes > 1:
-        with accelerator.split_between_processes(indices) as share:
+        with accelerator.split_between_processes(list(range(len(files)))) as share:
             local = extract_features(model, processor, [files[i] for i in share], batch_size, progress)
         # Shares are contiguous and in rank order, so concatenating the gathered shares restores the file order.
         shares = gather_object([local])

@@ -97,11 +97,10 @@ def use_vision_cache(args: argparse.Namespace, model, processor, n_images: int) 
 
 def train_generator(args: argparse.Namespace, train_pairs: list[ReportPair], accelerator: Accelerator, output: Path):
     """Both LLaVA stages; saves the stage-1 projector, the stage-2 adapter and the merged generator."""
-    encoder, image_processor, encoder_name = load_encoder(
-        args.encoder, random_fallback=args.encoder == RELEASED_MODEL_ID
-    )
-    language_model, tokenizer, curves = build_language_model(args, [p.text for p in train_pairs], accelerator, output)
-    curves = {"language model on text": curves} if curves else {}
+    encoder, image_processor, encoder_name = load_encoder(args.encoder)
+    texts = [pair.text for pair in train_pairs]
+    language_model, tokenizer, lm_losses = build_language_model(args, texts, accelerator, output)
+    curves = {"language model on text": lm_losses} if lm_losses else {}
     model, processor = build_generator(
         encoder,
         image_processor,
