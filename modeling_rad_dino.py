@@ -250,7 +250,7 @@ class RadDinoLlavaForConditionalGeneration(LlavaForConditionalGeneration):
 
     Same parts, parameter names and `generate` as `LlavaForConditionalGeneration`; only the image features differ
     (see `RadDinoLlavaModel.get_image_features`). Build one from an encoder and a language model with
-    `rad_dino.report.builder.build_generator`.
+    `rad_dino_hf.report.builder.build_generator`.
     """
 
     config_class = RadDinoLlavaConfig

@@ -61,16 +61,16 @@ from safetensors.torch import save_file
 from configuration_rad_dino import POOLINGS
 from image_processing_rad_dino import RadDinoImageProcessor
 from modeling_rad_dino import RadDinoForSemanticSegmentation, RadDinoModel
-from rad_dino.demographics import demographics_probe, read_demographics
-from rad_dino.distributed import make_accelerator
-from rad_dino.eval_plots import (
+from rad_dino_hf.demographics import demographics_probe, read_demographics
+from rad_dino_hf.distributed import make_accelerator
+from rad_dino_hf.eval_plots import (
     plot_confusion_matrix,
     plot_regression_scatter,
     plot_roc_curves,
     plot_segmentation_overlay,
 )
-from rad_dino.features import RELEASED_MODEL_ID, cached_features, extract_features, list_images, load_encoder
-from rad_dino.finetune import (
+from rad_dino_hf.features import RELEASED_MODEL_ID, cached_features, extract_features, list_images, load_encoder
+from rad_dino_hf.finetune import (
     DEFAULT_LR,
     METHODS,
     FinetuneOptions,
@@ -81,22 +81,22 @@ from rad_dino.finetune import (
     processor_at,
     save_finetuned,
 )
-from rad_dino.knn import DEFAULT_K, DEFAULT_TEMPERATURE, knn_classify
-from rad_dino.lora import DEFAULT_LORA_TARGETS
-from rad_dino.metrics import classification_metrics
-from rad_dino.plots import (
+from rad_dino_hf.knn import DEFAULT_K, DEFAULT_TEMPERATURE, knn_classify
+from rad_dino_hf.lora import DEFAULT_LORA_TARGETS
+from rad_dino_hf.metrics import classification_metrics
+from rad_dino_hf.plots import (
     cls_attention_maps,
     patch_pca_rgb,
     plot_finetune_curves,
     save_attention_figure,
     save_pca_figure,
 )
-from rad_dino.report.cli import add_report_parser
-from rad_dino.probe import linear_probe, patient_split
-from rad_dino.segmentation import foreground_dice, mask_like_processor, predict, train_decoder
-from rad_dino.tables import UNCERTAIN_POLICIES, LabelledTable, load_table, read_labelled_table
+from rad_dino_hf.report.cli import add_report_parser
+from rad_dino_hf.probe import linear_probe, patient_split
+from rad_dino_hf.segmentation import foreground_dice, mask_like_processor, predict, train_decoder
+from rad_dino_hf.tables import UNCERTAIN_POLICIES, LabelledTable, load_table, read_labelled_table
 
-logger = logging.getLogger("rad_dino")
+logger = logging.getLogger("rad_dino_hf")
 REPO = Path(__file__).resolve().parent
 SAMPLE_IMAGES = REPO / "data" / "sample" / "images"
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -269,7 +269,7 @@ def run_segment(args: argparse.Namespace) -> dict:
 
 @dataclass
 class LabelledSplit(LabelledTable):
-    """A labelled table (`rad_dino.tables.LabelledTable`) and the `train` / `val` indices of a patient-level split."""
+    """A labelled table (`rad_dino_hf.tables.LabelledTable`) and the `train` / `val` indices of a patient-level split."""
 
     train: np.ndarray
     val: np.ndarray

@@ -10,7 +10,7 @@ Examples:
   accelerate launch --config_file configs/accelerate/ddp.yaml train_pretrain.py --config configs/rad_dino_vitb14.yaml
   python train_pretrain.py --print-config            # the full recipe with its defaults
 
-Recipe values come from, in order: rad_dino/recipe.py defaults (DINOv2 ViT-B / RAD-DINO), --config YAML, --set.
+Recipe values come from, in order: rad_dino_hf/recipe.py defaults (DINOv2 ViT-B / RAD-DINO), --config YAML, --set.
 A run resumes from its latest checkpoint in train.output_dir unless --resume never.
 """
 
@@ -19,8 +19,8 @@ import logging
 import sys
 from pathlib import Path
 
-from rad_dino.recipe import RecipeConfig, apply_overrides
-from rad_dino.trainer import RunOptions, pretrain
+from rad_dino_hf.recipe import RecipeConfig, apply_overrides
+from rad_dino_hf.trainer import RunOptions, pretrain
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "cpu_small.yaml"
 

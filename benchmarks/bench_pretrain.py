@@ -63,7 +63,7 @@ def measure(args: argparse.Namespace) -> dict:
     import torch
 
     import train_pretrain
-    from rad_dino.trainer import Pretrainer, RunOptions, build_dataloader
+    from rad_dino_hf.trainer import Pretrainer, RunOptions, build_dataloader
 
     torch.set_num_threads(args.threads)
     cli = train_pretrain.build_parser().parse_args(

@@ -21,11 +21,11 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_inference import cpu_info  # noqa: E402
-from rad_dino.features import load_encoder  # noqa: E402
-from rad_dino.report.builder import DEFAULT_INSTRUCTION, build_generator  # noqa: E402
-from rad_dino.report.data import ReportCollator, load_report_pairs  # noqa: E402
-from rad_dino.report.tiny_lm import tiny_llama, train_tokenizer  # noqa: E402
-from rad_dino.report.training import cached_vision_tower, freeze_all_but_projector, train_loop  # noqa: E402
+from rad_dino_hf.features import load_encoder  # noqa: E402
+from rad_dino_hf.report.builder import DEFAULT_INSTRUCTION, build_generator  # noqa: E402
+from rad_dino_hf.report.data import ReportCollator, load_report_pairs  # noqa: E402
+from rad_dino_hf.report.tiny_lm import tiny_llama, train_tokenizer  # noqa: E402
+from rad_dino_hf.report.training import cached_vision_tower, freeze_all_but_projector, train_loop  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from rad_dino.augment import (
+from rad_dino_hf.augment import (
     RAD_DINO_MEAN,
     RAD_DINO_STD,
     MultiCropAugmentation,

@@ -8,8 +8,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from modeling_rad_dino import RadDinoModel
-from rad_dino import convert
-from rad_dino.heads import DinoHead
+from rad_dino_hf import convert
+from rad_dino_hf.heads import DinoHead
 
 
 def _reference_original_forward(state: dict[str, torch.Tensor], pixels: torch.Tensor, heads: int) -> torch.Tensor:

@@ -10,8 +10,8 @@ import PIL.Image
 import pytest
 
 import train_downstream
-from rad_dino.demographics import DemographicsTable, demographics_probe, parse_age, parse_sex
-from rad_dino.probe import patient_split
+from rad_dino_hf.demographics import DemographicsTable, demographics_probe, parse_age, parse_sex
+from rad_dino_hf.probe import patient_split
 
 
 def test_parsing():

@@ -14,8 +14,8 @@ from sklearn.decomposition import PCA
 
 import train_downstream
 from image_processing_rad_dino import RadDinoImageProcessor
-from rad_dino.features import extract_features, list_images
-from rad_dino.plots import patch_pca_rgb
+from rad_dino_hf.features import extract_features, list_images
+from rad_dino_hf.plots import patch_pca_rgb
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = REPO_ROOT / "data" / "sample" / "images"
@@ -77,7 +77,7 @@ def test_missing_folder_and_unknown_model_are_clear_errors(tmp_path):
 
 
 def test_feature_cache_hit_is_identical_and_skips_the_encoder(tiny_model, tiny_processor, tmp_path, monkeypatch):
-    from rad_dino.features import cached_features
+    from rad_dino_hf.features import cached_features
 
     files = list_images(SAMPLE)[:3]
     first, hit = cached_features(tiny_model, tiny_processor, files, tmp_path, progress=False)
@@ -166,7 +166,7 @@ def test_dicom_features_and_visualize(tiny_model, tiny_processor, shared_data, t
 
 
 def test_cls_attention_maps_are_distributions():
-    from rad_dino.plots import cls_attention_maps
+    from rad_dino_hf.plots import cls_attention_maps
 
     attentions = torch.softmax(torch.randn(2, 3, 17, 17), dim=-1)
     maps = cls_attention_maps(attentions, (4, 4))

@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy.spatial.distance import cdist
 
-from rad_dino.losses import (
+from rad_dino_hf.losses import (
     DEFAULT_KOLEO_WEIGHT,
     DINOLoss,
     KoLeoLoss,

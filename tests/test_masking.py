@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from rad_dino.masking import MaskingGenerator, masks_upperbound, sample_batch_masks
+from rad_dino_hf.masking import MaskingGenerator, masks_upperbound, sample_batch_masks
 
 
 def smallest_block_area(min_patches, min_aspect=0.3, max_aspect=1 / 0.3):

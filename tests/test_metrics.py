@@ -11,7 +11,7 @@ import pytest
 from scipy.stats import pearsonr
 from sklearn.metrics import accuracy_score, average_precision_score, f1_score, jaccard_score, roc_auc_score
 
-from rad_dino.metrics import (
+from rad_dino_hf.metrics import (
     METRICS_DIR,
     binary_auroc_metrics,
     classification_metrics,
@@ -312,7 +312,7 @@ def test_evaluate_modules_load_offline_and_agree(monkeypatch, tmp_path):
 
 
 def test_importing_rad_dino_metrics_does_not_import_evaluate():
-    code = "import sys, rad_dino.metrics; assert 'evaluate' not in sys.modules"
+    code = "import sys, rad_dino_hf.metrics; assert 'evaluate' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True, env={**os.environ, "PYTHONPATH": "."})
 
 
@@ -326,7 +326,7 @@ def _png_size(path: Path) -> tuple[int, int]:
 
 
 def test_plot_roc_curves(tmp_path):
-    from rad_dino.eval_plots import plot_roc_curves
+    from rad_dino_hf.eval_plots import plot_roc_curves
 
     labels, scores = _multiclass(60, num_classes=3)
     path = plot_roc_curves(labels, scores, tmp_path / "roc" / "multiclass.png", class_names=["a", "b", "c"])
@@ -336,7 +336,7 @@ def test_plot_roc_curves(tmp_path):
 
 
 def test_plot_confusion_matrix(tmp_path):
-    from rad_dino.eval_plots import plot_confusion_matrix
+    from rad_dino_hf.eval_plots import plot_confusion_matrix
 
     labels, scores = _multiclass(60, num_classes=4)
     path = plot_confusion_matrix(labels, scores.argmax(axis=1), tmp_path / "confusion.png", class_names=list("wxyz"))
@@ -347,7 +347,7 @@ def test_plot_confusion_matrix(tmp_path):
 def test_plot_segmentation_overlay(tmp_path):
     import matplotlib.pyplot as plt
 
-    from rad_dino.eval_plots import plot_segmentation_overlay
+    from rad_dino_hf.eval_plots import plot_segmentation_overlay
 
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (64, 64)).astype(np.uint8)

@@ -15,9 +15,9 @@ from safetensors.torch import load_file
 from transformers import AutoModel, Dinov2Model
 
 import train_pretrain
-from rad_dino import ssl_model
-from rad_dino.checkpoint import latest_checkpoint
-from rad_dino.trainer import NonFiniteLossError
+from rad_dino_hf import ssl_model
+from rad_dino_hf.checkpoint import latest_checkpoint
+from rad_dino_hf.trainer import NonFiniteLossError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = REPO_ROOT / "data" / "sample" / "images"
@@ -233,8 +233,8 @@ def test_initialisation_from_original_files_and_from_export(tmp_path, images):
     """Continue pretraining from original-layout backbone + DINO head files, then from a HF export directory."""
     from configuration_rad_dino import RadDinoConfig
     from modeling_rad_dino import RadDinoModel
-    from rad_dino import convert
-    from rad_dino.heads import DinoHead
+    from rad_dino_hf import convert
+    from rad_dino_hf.heads import DinoHead
 
     config = RadDinoConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=1, image_size=56)
     torch.manual_seed(7)

@@ -13,11 +13,11 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from image_processing_rad_dino import RadDinoImageProcessor
-from rad_dino.report.builder import build_generator, load_generator, save_generator
-from rad_dino.report.data import IGNORE_INDEX, ReportCollator, load_report_pairs
-from rad_dino.report.generation import GenerationSettings, generate_reports
-from rad_dino.report.tiny_lm import tiny_llama, train_tokenizer
-from rad_dino.report.training import LoraSettings, add_lora, freeze_all_but_projector, train_loop
+from rad_dino_hf.report.builder import build_generator, load_generator, save_generator
+from rad_dino_hf.report.data import IGNORE_INDEX, ReportCollator, load_report_pairs
+from rad_dino_hf.report.generation import GenerationSettings, generate_reports
+from rad_dino_hf.report.tiny_lm import tiny_llama, train_tokenizer
+from rad_dino_hf.report.training import LoraSettings, add_lora, freeze_all_but_projector, train_loop
 
 REPORTS = [
     "No pleural effusion or pneumothorax.",
@@ -270,7 +270,7 @@ def test_push_generator_uploads_weights_code_and_processor(generator, tmp_path, 
 
     import huggingface_hub
 
-    from rad_dino.report.builder import push_generator
+    from rad_dino_hf.report.builder import push_generator
 
     uploaded = {}
 
@@ -296,7 +296,7 @@ def test_push_generator_uploads_weights_code_and_processor(generator, tmp_path, 
 def test_vision_cache_gives_the_same_training_and_encodes_each_image_once(generator, pairs):
     import copy
 
-    from rad_dino.report.training import FrozenTowerCache, cached_vision_tower
+    from rad_dino_hf.report.training import FrozenTowerCache, cached_vision_tower
 
     model, processor = generator
     twin = copy.deepcopy(model)

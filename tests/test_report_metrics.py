@@ -10,8 +10,8 @@ import pytest
 from nltk.translate.bleu_score import corpus_bleu as nltk_corpus_bleu
 from sklearn.metrics import f1_score
 
-from rad_dino.report.labeler import OBSERVATIONS, label_report, label_reports
-from rad_dino.report.text_metrics import FIVE_FINDINGS, bleu4, finding_f1, report_metrics, rouge_l
+from rad_dino_hf.report.labeler import OBSERVATIONS, label_report, label_reports
+from rad_dino_hf.report.text_metrics import FIVE_FINDINGS, bleu4, finding_f1, report_metrics, rouge_l
 
 NOT_FINDINGS = ("No Finding", "Support Devices")
 

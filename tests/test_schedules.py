@@ -7,8 +7,8 @@ import torch
 from torch import nn
 from transformers import Dinov2Config, Dinov2Model
 
-from rad_dino.recipe import RecipeConfig, apply_overrides
-from rad_dino.schedules import (
+from rad_dino_hf.recipe import RecipeConfig, apply_overrides
+from rad_dino_hf.schedules import (
     CosineScheduler,
     apply_schedules,
     build_schedules,

@@ -10,9 +10,9 @@ import pytest
 from datasets import Dataset, Features, Image, Value
 
 import train_downstream
-import rad_dino.tables
-from rad_dino.probe import REGULARISATION_GRID, per_label_probabilities
-from rad_dino.tables import read_labelled_table
+import rad_dino_hf.tables
+from rad_dino_hf.probe import REGULARISATION_GRID, per_label_probabilities
+from rad_dino_hf.tables import read_labelled_table
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
 LABELS = ["pneumonia", "bacterial", "viral"]
@@ -116,7 +116,7 @@ def test_hub_ids_need_an_image_root_for_relative_paths_and_reject_embedded_image
             )
         return Dataset.from_dict({"file": ["x.png", "y.png"], "label": ["a", "b"], "patient": ["1", "2"]})
 
-    monkeypatch.setattr(rad_dino.tables, "load_dataset", fake_load_dataset)
+    monkeypatch.setattr(rad_dino_hf.tables, "load_dataset", fake_load_dataset)
     with pytest.raises(ValueError, match="pass --image-root"):
         _read("someone/cxr")
     table = _read("someone/cxr", image_root=str(tmp_path), split="validation")

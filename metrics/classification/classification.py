@@ -1,7 +1,7 @@
 """`evaluate` module: accuracy, macro / per-class AUROC and AUPRC with bootstrap 95 % confidence intervals.
 
 A thin wrapper. The math lives in `classification_core.py` beside this file (numpy only), which `evaluate.load`
-copies into its modules cache with this script because of the relative import below; `rad_dino.metrics` loads the
+copies into its modules cache with this script because of the relative import below; `rad_dino_hf.metrics` loads the
 same file by path. See `classification_core.py` for the definitions.
 
     metric = evaluate.load("metrics/classification")                 # multi-class: references (N,) int

@@ -2,7 +2,7 @@
 
 This file is the single implementation. It is used two ways, without copies of the code:
 
-* `rad_dino.metrics` loads it by file path (no `evaluate` import needed), and
+* `rad_dino_hf.metrics` loads it by file path (no `evaluate` import needed), and
 * the `evaluate` module `classification.py` next to it imports it relatively (`from .classification_core import`);
   `evaluate.load` copies such same-directory imports into its modules cache together with the script.
 

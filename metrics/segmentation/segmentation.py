@@ -1,7 +1,7 @@
 """`evaluate` module: per-class and mean Dice and IoU over integer masks, with an ignore index (255).
 
 A thin wrapper. The math lives in `segmentation_core.py` beside this file (numpy only), which `evaluate.load` copies
-into its modules cache with this script because of the relative import below; `rad_dino.metrics` loads the same file
+into its modules cache with this script because of the relative import below; `rad_dino_hf.metrics` loads the same file
 by path. See `segmentation_core.py` for the definitions (pooled "dataset" and "per_image" aggregations, ignored pixels,
 classes absent from both).
 

@@ -1,6 +1,6 @@
 """Segmentation metrics: per-class Dice and IoU over integer masks with an ignore index (numpy only).
 
-This file is the single implementation. `rad_dino.metrics` loads it by file path, and the `evaluate` module
+This file is the single implementation. `rad_dino_hf.metrics` loads it by file path, and the `evaluate` module
 `segmentation.py` next to it imports it relatively (`evaluate.load` copies it into its modules cache with the script),
 so it may import only numpy and the standard library.
 

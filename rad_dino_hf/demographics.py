@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from rad_dino.metrics import demographics_metrics
-from rad_dino.probe import fit_linear_probe, fit_ridge_probe
-from rad_dino.tables import load_table
+from rad_dino_hf.metrics import demographics_metrics
+from rad_dino_hf.probe import fit_linear_probe, fit_ridge_probe
+from rad_dino_hf.tables import load_table
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def demographics_probe(
     """Fit the sex (logistic, C by patient-grouped CV on AUROC) and age (ridge, alpha by patient-grouped CV on MAE)
     probes on `(N, F)` `vectors[train]` and score `vectors[val]`, each on the rows where its target is known.
 
-    Returns `rad_dino.metrics.demographics_metrics` (sex AUROC, age MAE and Pearson r with 95 % bootstrap intervals)
+    Returns `rad_dino_hf.metrics.demographics_metrics` (sex AUROC, age MAE and Pearson r with 95 % bootstrap intervals)
     plus each target's chosen regularisation and train/validation counts, and the validation predictions per target.
     """
     predictions, regularisation = {}, {}

@@ -1,6 +1,6 @@
 """End-to-end fine-tuning of `RadDinoForImageClassification` on labelled images, on HuggingFace Accelerate.
 
-Methods: `full` (every weight trains), `lora` (LoRA adapters on the encoder, `rad_dino.lora`) and `frozen` (only
+Methods: `full` (every weight trains), `lora` (LoRA adapters on the encoder, `rad_dino_hf.lora`) and `frozen` (only
 the head trains: a linear probe fitted by gradient descent, with augmentation). The same loop runs as a plain
 process and under `accelerate launch` (DDP): batches are sharded, validation predictions are gathered with
 `gather_for_metrics`, and the caller lets only the main process write files.
@@ -27,8 +27,8 @@ from transformers import get_cosine_schedule_with_warmup
 
 from image_processing_rad_dino import RadDinoImageProcessor
 from modeling_rad_dino import RadDinoForImageClassification, RadDinoModel
-from rad_dino.lora import DEFAULT_LORA_TARGETS, add_lora, head_modules
-from rad_dino.schedules import fuse_param_groups, param_groups
+from rad_dino_hf.lora import DEFAULT_LORA_TARGETS, add_lora, head_modules
+from rad_dino_hf.schedules import fuse_param_groups, param_groups
 
 logger = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ def with_trainable_parameters(model: RadDinoForImageClassification, options: Fin
 
 def optimizer_groups(model: nn.Module, options: FinetuneOptions) -> list[dict]:
     """AdamW parameter groups of the trainable parameters: heads at `head_lr`, the rest at `lr` times the layer-wise
-    decay; no weight decay on biases, norms, LayerScale and tokens (DINOv2's rules, `rad_dino.schedules`)."""
+    decay; no weight decay on biases, norms, LayerScale and tokens (DINOv2's rules, `rad_dino_hf.schedules`)."""
     base = model.get_base_model() if isinstance(model, PeftModel) else model
     head_ids = {id(parameter) for name in head_modules(base) for parameter in getattr(base, name).parameters()}
     lr = DEFAULT_LR[options.method] if options.lr is None else options.lr
@@ -178,7 +178,7 @@ def optimizer_groups(model: nn.Module, options: FinetuneOptions) -> list[dict]:
 
 def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
     """Share of correct images: argmax against `(N,)` class indices, or every label right at probability 0.5
-    against `(N, C)` multi-label targets (exact match, as `rad_dino.metrics`)."""
+    against `(N, C)` multi-label targets (exact match, as `rad_dino_hf.metrics`)."""
     if labels.ndim == 2:
         return float(np.mean(np.all((probabilities >= 0.5) == (labels > 0.5), axis=1)))
     return float(np.mean(probabilities.argmax(axis=1) == labels))

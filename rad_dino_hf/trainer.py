@@ -22,17 +22,17 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from modeling_rad_dino import RadDinoModel
-from rad_dino.augment import MultiCropAugmentation
-from rad_dino.checkpoint import TrainState, latest_checkpoint, save_checkpoint
-from rad_dino.data import MultiCropMapper, build_stream, collate_crops, parse_source
-from rad_dino.distributed import make_accelerator
-from rad_dino.export import export_teacher, push_to_hub
-from rad_dino.fingerprint import parameter_digest
-from rad_dino.masking import sample_batch_masks
-from rad_dino.plots import plot_training_curves
-from rad_dino.recipe import RecipeConfig
-from rad_dino.schedules import apply_schedules, build_schedules, fuse_param_groups, param_groups
-from rad_dino.ssl_model import (
+from rad_dino_hf.augment import MultiCropAugmentation
+from rad_dino_hf.checkpoint import TrainState, latest_checkpoint, save_checkpoint
+from rad_dino_hf.data import MultiCropMapper, build_stream, collate_crops, parse_source
+from rad_dino_hf.distributed import make_accelerator
+from rad_dino_hf.export import export_teacher, push_to_hub
+from rad_dino_hf.fingerprint import parameter_digest
+from rad_dino_hf.masking import sample_batch_masks
+from rad_dino_hf.plots import plot_training_curves
+from rad_dino_hf.recipe import RecipeConfig
+from rad_dino_hf.schedules import apply_schedules, build_schedules, fuse_param_groups, param_groups
+from rad_dino_hf.ssl_model import (
     SelfDistillationNetwork,
     SelfDistillationObjective,
     build_student_teacher,

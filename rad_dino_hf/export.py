@@ -7,9 +7,9 @@ from pathlib import Path
 from huggingface_hub import HfApi
 
 from image_processing_rad_dino import RadDinoImageProcessor
-from rad_dino.convert import DINO_HEAD_FILENAME, save_dino_head
-from rad_dino.recipe import RecipeConfig
-from rad_dino.ssl_model import SelfDistillationNetwork
+from rad_dino_hf.convert import DINO_HEAD_FILENAME, save_dino_head
+from rad_dino_hf.recipe import RecipeConfig
+from rad_dino_hf.ssl_model import SelfDistillationNetwork
 
 logger = logging.getLogger(__name__)
 

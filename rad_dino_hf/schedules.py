@@ -199,7 +199,7 @@ def apply_schedules(optimizer: torch.optim.Optimizer, lr: float, wd: float, last
 
 
 def build_schedules(cfg: "Any", iters_per_epoch: int | None = None) -> dict[str, CosineScheduler]:
-    """The five DINOv2 schedules from a :class:`rad_dino.recipe.RecipeConfig` (``build_schedulers``).
+    """The five DINOv2 schedules from a :class:`rad_dino_hf.recipe.RecipeConfig` (``build_schedulers``).
 
     Returns a dict with ``lr`` (warmup 0 -> scaled lr, cosine to ``min_lr``), ``wd`` (cosine
     ``weight_decay -> weight_decay_end``), ``momentum`` (teacher EMA, cosine to 1.0), ``teacher_temp``

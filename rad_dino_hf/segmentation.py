@@ -7,7 +7,7 @@ from torch import nn
 
 from image_processing_rad_dino import RadDinoImageProcessor
 from modeling_rad_dino import RadDinoForSemanticSegmentation
-from rad_dino.metrics import bootstrap, dice_iou_from_counts, interval, segmentation_counts, segmentation_metrics
+from rad_dino_hf.metrics import bootstrap, dice_iou_from_counts, interval, segmentation_counts, segmentation_metrics
 
 
 def mask_like_processor(path: str, processor: RadDinoImageProcessor) -> np.ndarray:
@@ -67,7 +67,7 @@ def predict(model: RadDinoForSemanticSegmentation, patch_maps: torch.Tensor, siz
 
 def foreground_dice(predictions: np.ndarray, targets: np.ndarray, ignore_index: int = 255, seed: int = 0) -> dict:
     """Per-image Dice of class 1 (lung), its mean with a 95 % bootstrap interval over images, and the pooled
-    (dataset-level) Dice / IoU per class from `rad_dino.metrics.segmentation_metrics`."""
+    (dataset-level) Dice / IoU per class from `rad_dino_hf.metrics.segmentation_metrics`."""
     per_image = np.array(
         [
             dice_iou_from_counts(*segmentation_counts(prediction, target, 2, ignore_index))[0][1]

@@ -13,8 +13,8 @@ from matplotlib.patches import Patch  # noqa: E402
 from sklearn.metrics import confusion_matrix as sklearn_confusion_matrix  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
-from rad_dino.metrics import auroc, dice_iou_from_counts, segmentation_counts  # noqa: E402
-from rad_dino.plots import save_figure  # noqa: E402
+from rad_dino_hf.metrics import auroc, dice_iou_from_counts, segmentation_counts  # noqa: E402
+from rad_dino_hf.plots import save_figure  # noqa: E402
 
 IGNORE_COLOUR = (1.0, 0.0, 1.0)  # magenta: not used by the class palette
 
@@ -31,7 +31,7 @@ def plot_roc_curves(
 
     `labels` `(N,)` int or `(N, C)` {0, 1} with `multilabel=True`; `scores` `(N, C)`. The macro curve is the mean of
     the per-class TPRs interpolated on a common FPR grid; its legend shows the macro AUROC (mean of per-class AUROCs,
-    as reported by `rad_dino.metrics`), drawn when there are several curves. Classes without both positives and
+    as reported by `rad_dino_hf.metrics`), drawn when there are several curves. Classes without both positives and
     negatives are left out.
     """
     labels, scores = np.asarray(labels), np.asarray(scores, np.float64)

@@ -23,7 +23,7 @@ from transformers import get_cosine_schedule_with_warmup
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from modeling_rad_dino import RadDinoLlavaForConditionalGeneration
-from rad_dino.lora import DEFAULT_LORA_TARGETS as ENCODER_LORA_TARGETS
+from rad_dino_hf.lora import DEFAULT_LORA_TARGETS as ENCODER_LORA_TARGETS
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from transformers import LlavaProcessor
 
-from rad_dino.tables import load_table
+from rad_dino_hf.tables import load_table
 
 logger = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from torch.utils.data import DataLoader
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from rad_dino.report.data import IGNORE_INDEX
-from rad_dino.report.training import train_loop
+from rad_dino_hf.report.data import IGNORE_INDEX
+from rad_dino_hf.report.training import train_loop
 
 SPECIAL_TOKENS = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
 

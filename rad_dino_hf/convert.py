@@ -5,9 +5,9 @@ DINOv2 names) and `dino_head.safetensors` (the DINO head, original names with we
 Every rename is an explicit table entry; the only non-rename is the fused `attn.qkv` split into q/k/v.
 
 Command line:
-    python -m rad_dino.convert to-hf --backbone backbone_compatible.safetensors \
+    python -m rad_dino_hf.convert to-hf --backbone backbone_compatible.safetensors \
         [--dino-head dino_head.safetensors] --output DIR
-    python -m rad_dino.convert to-original --model DIR --output DIR
+    python -m rad_dino_hf.convert to-original --model DIR --output DIR
 """
 
 import argparse
@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from configuration_rad_dino import RadDinoConfig
 from modeling_rad_dino import RadDinoModel
-from rad_dino.heads import DinoHead
+from rad_dino_hf.heads import DinoHead
 
 logger = logging.getLogger(__name__)
 

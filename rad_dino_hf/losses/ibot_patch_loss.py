@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rad_dino.losses._dist import all_reduce_sum_, sinkhorn_knopp, world_size
+from rad_dino_hf.losses._dist import all_reduce_sum_, sinkhorn_knopp, world_size
 
 
 def masks_weight_from_masks(student_masks_flat: torch.Tensor) -> torch.Tensor:
@@ -76,7 +76,7 @@ class iBOTPatchLoss(nn.Module):  # noqa: N801 - DINOv2's name
             n_iterations: Sinkhorn rounds.
 
         Returns:
-            (M, K) float32; rows sum to 1 (see :func:`rad_dino.losses._dist.sinkhorn_knopp`).
+            (M, K) float32; rows sum to 1 (see :func:`rad_dino_hf.losses._dist.sinkhorn_knopp`).
         """
         if n_masked_patches_tensor is None:
             n_masked_patches_tensor = torch.tensor(teacher_patch_logits.shape[0], device=teacher_patch_logits.device)

@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 from transformers import LlavaProcessor
 
 from modeling_rad_dino import RadDinoLlavaForConditionalGeneration
-from rad_dino.report.data import ReportCollator, ReportPair
+from rad_dino_hf.report.data import ReportCollator, ReportPair
 
 
 @dataclass

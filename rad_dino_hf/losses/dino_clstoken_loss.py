@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rad_dino.losses._dist import all_reduce_sum_, sinkhorn_knopp, world_size
+from rad_dino_hf.losses._dist import all_reduce_sum_, sinkhorn_knopp, world_size
 
 
 def dino_loss_num_terms(n_global_crops: int, n_local_crops: int) -> int:

@@ -7,7 +7,7 @@ with the `evaluate` modules of this repository:
     metrics/segmentation/segmentation_core.py       <- imported relatively by metrics/segmentation/segmentation.py
 
 `evaluate.load(path)` copies a local metric script into its modules cache and imports it there, so the script cannot
-import `rad_dino` reliably (that depends on the working directory / `sys.path`). It does, however, copy same-directory
+import `rad_dino_hf` reliably (that depends on the working directory / `sys.path`). It does, however, copy same-directory
 modules named in relative imports (`from .classification_core import ...`) along with the script (and hashes them, so
 edits are picked up). This module loads those same core files by path with `importlib`, which needs neither
 `evaluate` (a slow import) nor any particular working directory, and re-exports their functions. Regression and sex
@@ -36,7 +36,7 @@ METRICS_DIR = Path(__file__).resolve().parents[1] / "metrics"
 
 
 def _load_core(name: str) -> ModuleType:
-    module_name = f"rad_dino._{name}_core"
+    module_name = f"rad_dino_hf._{name}_core"
     if module_name in sys.modules:
         return sys.modules[module_name]
     spec = importlib.util.spec_from_file_location(module_name, METRICS_DIR / name / f"{name}_core.py")

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from configuration_rad_dino import RadDinoConfig
 from image_processing_rad_dino import RadDinoImageProcessor
 from modeling_rad_dino import RadDinoModel
-from rad_dino.fingerprint import files_digest, parameter_digest
+from rad_dino_hf.fingerprint import files_digest, parameter_digest
 
 logger = logging.getLogger(__name__)
 

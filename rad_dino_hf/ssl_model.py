@@ -17,12 +17,12 @@ from torch import nn
 
 from configuration_rad_dino import RadDinoConfig
 from modeling_rad_dino import RadDinoModel
-from rad_dino.convert import load_dino_head, load_original
-from rad_dino.heads import DinoHead
-from rad_dino.losses import DINOLoss, KoLeoLoss, iBOTPatchLoss
-from rad_dino.losses.dino_clstoken_loss import dino_crossview_loss
-from rad_dino.losses.ibot_patch_loss import masks_weight_from_masks
-from rad_dino.recipe import RecipeConfig
+from rad_dino_hf.convert import load_dino_head, load_original
+from rad_dino_hf.heads import DinoHead
+from rad_dino_hf.losses import DINOLoss, KoLeoLoss, iBOTPatchLoss
+from rad_dino_hf.losses.dino_clstoken_loss import dino_crossview_loss
+from rad_dino_hf.losses.ibot_patch_loss import masks_weight_from_masks
+from rad_dino_hf.recipe import RecipeConfig
 
 
 class SelfDistillationNetwork(nn.Module):

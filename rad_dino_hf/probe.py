@@ -9,7 +9,7 @@ from sklearn.model_selection import GroupKFold, GroupShuffleSplit
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from rad_dino.metrics import classification_metrics
+from rad_dino_hf.metrics import classification_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def linear_probe(
     """Fit on the training split, score the validation split.
 
     Labels are `(N,)` class indices (one multinomial regression), or `(N, C)` 0/1 with `multilabel` (one binary
-    regression per label, `per_label_probabilities`). Returns `rad_dino.metrics.classification_metrics` on the
+    regression per label, `per_label_probabilities`). Returns `rad_dino_hf.metrics.classification_metrics` on the
     validation split (accuracy, AUROC, AUPRC with 95 % bootstrap intervals), the chosen C (per label when
     `multilabel`), and the validation probabilities `(N_val, C)` as `probabilities`.
     """

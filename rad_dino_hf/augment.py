@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 if TYPE_CHECKING:
-    from rad_dino.recipe import CropsConfig
+    from rad_dino_hf.recipe import CropsConfig
 
 RAD_DINO_MEAN: float = 0.5307
 RAD_DINO_STD: float = 0.2583
@@ -418,7 +418,7 @@ class MultiCropAugmentation:
 
     @classmethod
     def from_config(cls, crops: CropsConfig, seed: int | None = None) -> MultiCropAugmentation:
-        """Build from a :class:`rad_dino.recipe.CropsConfig`."""
+        """Build from a :class:`rad_dino_hf.recipe.CropsConfig`."""
         if crops.global_crops_number != 2:
             raise ValueError("the DINOv2 recipe uses exactly 2 global crops")
         return cls(

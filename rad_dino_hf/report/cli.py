@@ -20,22 +20,22 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rad_dino.distributed import make_accelerator
-from rad_dino.features import RELEASED_MODEL_ID, load_encoder
-from rad_dino.plots import plot_loss_curves
-from rad_dino.probe import patient_split
-from rad_dino.report.builder import (
+from rad_dino_hf.distributed import make_accelerator
+from rad_dino_hf.features import RELEASED_MODEL_ID, load_encoder
+from rad_dino_hf.plots import plot_loss_curves
+from rad_dino_hf.probe import patient_split
+from rad_dino_hf.report.builder import (
     DEFAULT_INSTRUCTION,
     build_generator,
     load_generator,
     push_generator,
     save_generator,
 )
-from rad_dino.report.data import ReportCollator, ReportPair, load_report_pairs
-from rad_dino.report.generation import GenerationSettings, generate_reports, write_jsonl
-from rad_dino.report.text_metrics import report_metrics
-from rad_dino.report.tiny_lm import pretrain_on_text, tiny_llama, train_tokenizer
-from rad_dino.report.training import (
+from rad_dino_hf.report.data import ReportCollator, ReportPair, load_report_pairs
+from rad_dino_hf.report.generation import GenerationSettings, generate_reports, write_jsonl
+from rad_dino_hf.report.text_metrics import report_metrics
+from rad_dino_hf.report.tiny_lm import pretrain_on_text, tiny_llama, train_tokenizer
+from rad_dino_hf.report.training import (
     DEFAULT_LM_LORA_TARGETS,
     LoraSettings,
     add_lora,
@@ -45,7 +45,7 @@ from rad_dino.report.training import (
     trainable_parameter_count,
 )
 
-logger = logging.getLogger("rad_dino")
+logger = logging.getLogger("rad_dino_hf")
 TINY_LM = "tiny"
 VISION_CACHE_AUTO_GIB = 4.0
 COVID_CHESTXRAY = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "covid-chestxray"

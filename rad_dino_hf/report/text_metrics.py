@@ -4,7 +4,7 @@ Scales, as usually quoted in report-generation papers: ROUGE-L in [0, 1] (mean p
 [0, 100] (sacrebleu's corpus BLEU), finding F1 in [0, 1].
 
 Finding F1 follows the CheXbert-F1 protocol of report-generation papers (e.g. LLaVA-Rad, MAIRA-2), with the
-rule-based `rad_dino.report.labeler` standing in for CheXbert: both the reference and the generated report are
+rule-based `rad_dino_hf.report.labeler` standing in for CheXbert: both the reference and the generated report are
 labelled, each observation becomes a binary "positive" target (1 positive; 0 negative, -1 uncertain and not mentioned
 are all "not positive", or uncertain counts as positive with `uncertain_as_positive=True`), and precision, recall and
 F1 are computed per observation over reports. Because the labeler differs from CheXbert, the numbers are comparable
@@ -23,7 +23,7 @@ import sacrebleu
 from rouge_score import rouge_scorer
 from sklearn.metrics import precision_recall_fscore_support
 
-from rad_dino.report.labeler import OBSERVATIONS, label_reports
+from rad_dino_hf.report.labeler import OBSERVATIONS, label_reports
 
 # The subset quoted as "5 findings" (CheXpert competition tasks) in report-generation papers.
 FIVE_FINDINGS: tuple[str, ...] = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
