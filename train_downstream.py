@@ -63,7 +63,7 @@ from image_processing_rad_dino import RadDinoImageProcessor
 from modeling_rad_dino import RadDinoForSemanticSegmentation, RadDinoModel
 from rad_dino_hf.demographics import demographics_probe, read_demographics
 from rad_dino_hf.distributed import make_accelerator
-from rad_dino_hf.eval_plots import (
+from rad_dino_hf.plots import (
     plot_confusion_matrix,
     plot_regression_scatter,
     plot_roc_curves,

@@ -1,4 +1,5 @@
-"""Pictures of what the encoder sees."""
+"""Figures as PNG files: what the encoder sees (patch PCA, CLS attention), training curves, and downstream
+evaluation (ROC curves, confusion matrices, regression scatter plots, segmentation overlays)."""
 
 from collections.abc import Sequence
 from pathlib import Path
@@ -9,6 +10,13 @@ matplotlib.use("Agg")  # files only; no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+from sklearn.metrics import confusion_matrix as sklearn_confusion_matrix  # noqa: E402
+from sklearn.metrics import roc_curve  # noqa: E402
+
+from rad_dino_hf.metrics import auroc, dice_iou_from_counts, segmentation_counts  # noqa: E402
+
+IGNORE_COLOUR = (1.0, 0.0, 1.0)  # magenta: not used by the class palette
 
 
 def save_figure(figure: plt.Figure, path: str | Path, dpi: int = 110) -> Path:
@@ -140,4 +148,173 @@ def plot_finetune_curves(batch_losses: Sequence[float], val_accuracy: Sequence[f
         axis.set_xlabel("epoch", fontsize=8)
         axis.tick_params(labelsize=7)
     figure.tight_layout()
+    return save_figure(figure, path)
+
+
+def plot_roc_curves(
+    labels: np.ndarray,
+    scores: np.ndarray,
+    path: str | Path,
+    class_names: Sequence[str] | None = None,
+    multilabel: bool = False,
+    title: str = "ROC curves",
+) -> Path:
+    """One-vs-rest (or per-label) ROC curve of each class and their macro average, in one figure.
+
+    `labels` `(N,)` int or `(N, C)` {0, 1} with `multilabel=True`; `scores` `(N, C)`. The macro curve is the mean of
+    the per-class TPRs interpolated on a common FPR grid; its legend shows the macro AUROC (mean of per-class AUROCs,
+    as reported by `rad_dino_hf.metrics`), drawn when there are several curves. Classes without both positives and
+    negatives are left out.
+    """
+    labels, scores = np.asarray(labels), np.asarray(scores, np.float64)
+    num_classes = scores.shape[1]
+    targets = labels if multilabel else (labels[:, None] == np.arange(num_classes)).astype(int)
+    names = [str(c) for c in range(num_classes)] if class_names is None else list(class_names)
+    grid = np.linspace(0.0, 1.0, 201)
+    curves, areas = [], []
+    figure, axis = plt.subplots(figsize=(5.2, 5.0))
+    for c in range(num_classes):
+        area = auroc(targets[:, c], scores[:, c])
+        if not np.isfinite(area):
+            continue
+        fpr, tpr, _ = roc_curve(targets[:, c], scores[:, c])
+        axis.plot(fpr, tpr, lw=1.2, label=f"{names[c]} (AUROC {area:.3f})")
+        curves.append(np.interp(grid, fpr, tpr))
+        areas.append(area)
+    if len(curves) > 1:  # one curve (a binary target) is its own average
+        macro = np.mean(curves, axis=0)
+        macro[0] = 0.0
+        axis.plot(grid, macro, color="black", lw=2.2, label=f"macro (AUROC {np.mean(areas):.3f})")
+    axis.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+    axis.set_xlim(0, 1)
+    axis.set_ylim(0, 1.01)
+    axis.set_xlabel("false positive rate")
+    axis.set_ylabel("true positive rate")
+    axis.set_title(title, fontsize=10)
+    axis.legend(fontsize=7, loc="lower right")
+    figure.tight_layout()
+    return save_figure(figure, path)
+
+
+def plot_confusion_matrix(
+    labels: np.ndarray,
+    predictions: np.ndarray,
+    path: str | Path,
+    class_names: Sequence[str] | None = None,
+    num_classes: int | None = None,
+    title: str = "Confusion matrix",
+) -> Path:
+    """Confusion matrix: rows reference, columns prediction; cells show counts, colours are row-normalised (recall).
+
+    `labels`, `predictions`: `(N,)` int class indices (for scores use `scores.argmax(axis=1)`).
+    """
+    labels, predictions = np.asarray(labels).ravel(), np.asarray(predictions).ravel()
+    if num_classes is None:
+        num_classes = len(class_names) if class_names is not None else int(max(labels.max(), predictions.max())) + 1
+    names = [str(c) for c in range(num_classes)] if class_names is None else list(class_names)
+    counts = sklearn_confusion_matrix(labels, predictions, labels=np.arange(num_classes))
+    rows = counts.sum(axis=1, keepdims=True)
+    normalised = np.divide(counts, rows, out=np.zeros(counts.shape), where=rows > 0)
+    size = 1.0 + 0.55 * num_classes
+    figure, axis = plt.subplots(figsize=(size + 1.2, size))
+    image = axis.imshow(normalised, cmap="Blues", vmin=0.0, vmax=1.0)
+    for row in range(num_classes):
+        for column in range(num_classes):
+            colour = "white" if normalised[row, column] > 0.5 else "black"
+            axis.text(column, row, str(counts[row, column]), ha="center", va="center", color=colour, fontsize=8)
+    axis.set_xticks(range(num_classes), names, rotation=45, ha="right", fontsize=8)
+    axis.set_yticks(range(num_classes), names, fontsize=8)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("reference")
+    axis.set_title(title, fontsize=10)
+    figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04, label="fraction of row")
+    figure.tight_layout()
+    return save_figure(figure, path)
+
+
+def plot_regression_scatter(
+    targets: np.ndarray,
+    predictions: np.ndarray,
+    path: str | Path,
+    title: str = "",
+    quantity: str = "age (years)",
+) -> Path:
+    """Predicted against true values `(N,)` with the identity line (perfect prediction), e.g. age."""
+    targets, predictions = np.asarray(targets, np.float64), np.asarray(predictions, np.float64)
+    low, high = min(targets.min(), predictions.min()), max(targets.max(), predictions.max())
+    figure, axis = plt.subplots(figsize=(5.0, 5.0))
+    axis.scatter(targets, predictions, s=12, alpha=0.7)
+    axis.plot([low, high], [low, high], color="grey", lw=0.8, ls="--", label="identity")
+    axis.set_xlabel(f"true {quantity}")
+    axis.set_ylabel(f"predicted {quantity}")
+    axis.set_title(title, fontsize=10)
+    axis.legend(fontsize=7, loc="lower right")
+    figure.tight_layout()
+    return save_figure(figure, path)
+
+
+def _colour_mask(mask: np.ndarray, num_classes: int, ignore_index: int, alpha: float) -> np.ndarray:
+    """RGBA overlay: background (0) transparent, classes from tab10/tab20, `ignore_index` opaque-ish magenta."""
+    palette = plt.get_cmap("tab10" if num_classes <= 11 else "tab20")
+    rgba = np.zeros(mask.shape + (4,))
+    for c in range(1, num_classes):
+        rgba[mask == c] = (*palette((c - 1) % palette.N)[:3], alpha)
+    rgba[mask == ignore_index] = (*IGNORE_COLOUR, 0.8)
+    return rgba
+
+
+def plot_segmentation_overlay(
+    image: np.ndarray,
+    prediction: np.ndarray,
+    target: np.ndarray | None,
+    path: str | Path,
+    class_names: Sequence[str] | None = None,
+    num_classes: int | None = None,
+    ignore_index: int = 255,
+    alpha: float = 0.45,
+) -> Path:
+    """Predicted (and, if given, reference) masks over the grey radiograph, side by side.
+
+    `image` `(H, W)` uint8; `prediction`, `target` `(H, W)` integer masks. Class 0 (background) is not drawn; pixels
+    equal to `ignore_index` are drawn magenta (in the prediction panel: wherever the reference or the prediction is
+    `ignore_index`, since those pixels are not scored). With a reference, the title gives the image's Dice per class.
+    """
+    image, prediction = np.asarray(image), np.asarray(prediction)
+    if target is not None:
+        target = np.asarray(target)
+    if num_classes is None:
+        scored = prediction != ignore_index  # pixels whose label is drawn as a class colour
+        if target is not None:
+            scored &= target != ignore_index
+        values = [prediction[scored]] if target is None else [prediction[scored], target[target != ignore_index]]
+        num_classes = max(int(np.max(v, initial=0)) for v in values) + 1
+        num_classes = max(num_classes, 2 if class_names is None else len(class_names))
+    names = [str(c) for c in range(num_classes)] if class_names is None else list(class_names)
+    names += [str(c) for c in range(len(names), num_classes)]
+
+    shown = prediction.copy()
+    if target is not None:
+        shown = np.where(target == ignore_index, ignore_index, shown)
+    panels = [("prediction", shown)]
+    if target is not None:
+        panels.append(("reference", target))
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.0 * len(panels), 4.4), squeeze=False)
+    for axis, (name, mask) in zip(axes[0], panels):
+        axis.imshow(image, cmap="gray", vmin=0, vmax=255)
+        axis.imshow(_colour_mask(mask, num_classes, ignore_index, alpha), interpolation="nearest")
+        axis.set_title(name, fontsize=9)
+        axis.axis("off")
+    palette = plt.get_cmap("tab10" if num_classes <= 11 else "tab20")
+    handles = [Patch(color=palette((c - 1) % palette.N), label=names[c]) for c in range(1, num_classes)]
+    handles.append(Patch(color=IGNORE_COLOUR, label=f"ignored ({ignore_index})"))
+    figure.legend(handles=handles, loc="lower center", ncol=min(len(handles), 5), fontsize=7, frameon=False)
+    if target is not None:
+        try:
+            dice, _ = dice_iou_from_counts(*segmentation_counts(prediction, target, num_classes, ignore_index))
+            parts = [f"{names[c]} {dice[c]:.3f}" for c in range(1, num_classes) if np.isfinite(dice[c])]
+            text = "Dice: " + (", ".join(parts) if parts else "n/a")
+        except ValueError:  # labels outside [0, num_classes) at scored pixels: no score to show
+            text = f"Dice: n/a (labels outside [0, {num_classes}) at scored pixels)"
+        figure.suptitle(text, fontsize=9)
+    figure.tight_layout(rect=(0, 0.06, 1, 1))
     return save_figure(figure, path)

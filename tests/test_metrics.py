@@ -326,7 +326,7 @@ def _png_size(path: Path) -> tuple[int, int]:
 
 
 def test_plot_roc_curves(tmp_path):
-    from rad_dino_hf.eval_plots import plot_roc_curves
+    from rad_dino_hf.plots import plot_roc_curves
 
     labels, scores = _multiclass(60, num_classes=3)
     path = plot_roc_curves(labels, scores, tmp_path / "roc" / "multiclass.png", class_names=["a", "b", "c"])
@@ -336,7 +336,7 @@ def test_plot_roc_curves(tmp_path):
 
 
 def test_plot_confusion_matrix(tmp_path):
-    from rad_dino_hf.eval_plots import plot_confusion_matrix
+    from rad_dino_hf.plots import plot_confusion_matrix
 
     labels, scores = _multiclass(60, num_classes=4)
     path = plot_confusion_matrix(labels, scores.argmax(axis=1), tmp_path / "confusion.png", class_names=list("wxyz"))
@@ -347,7 +347,7 @@ def test_plot_confusion_matrix(tmp_path):
 def test_plot_segmentation_overlay(tmp_path):
     import matplotlib.pyplot as plt
 
-    from rad_dino_hf.eval_plots import plot_segmentation_overlay
+    from rad_dino_hf.plots import plot_segmentation_overlay
 
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (64, 64)).astype(np.uint8)
