@@ -32,11 +32,14 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from image_processing_rad_dino import RAD_DINO_IMAGE_MEAN, RAD_DINO_IMAGE_STD
+
 if TYPE_CHECKING:
     from rad_dino_hf.recipe import CropsConfig
 
-RAD_DINO_MEAN: float = 0.5307
-RAD_DINO_STD: float = 0.2583
+# One grey value: the released processor's constant (repeated over RGB there), so training and inference agree.
+RAD_DINO_MEAN: float = RAD_DINO_IMAGE_MEAN[0]
+RAD_DINO_STD: float = RAD_DINO_IMAGE_STD[0]
 
 Generator = torch.Generator | None
 

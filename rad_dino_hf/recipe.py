@@ -29,6 +29,8 @@ from typing import Any
 
 import yaml
 
+from image_processing_rad_dino import RAD_DINO_IMAGE_MEAN, RAD_DINO_IMAGE_STD
+
 
 @dataclass
 class OptimConfig:
@@ -36,7 +38,7 @@ class OptimConfig:
 
     epochs: int = 100  # schedule length in "epochs" of train.official_epoch_length iterations
     base_lr: float = 0.004  # lr for a global batch of 1024 (ssl_default_config: 0.004; vitl14/g14: 2e-4)
-    lr: float = 0.0  # if > 0, used as-is; else scaled_lr(base_lr, global batch) (scaling_rule)
+    lr: float = 0.0  # if > 0, used as-is; else base_lr scaled to the global batch (scaling_rule, resolved_lr)
     scaling_rule: str = "sqrt_wrt_1024"  # lr = base_lr * sqrt(global_batch / 1024)
     min_lr: float = 1.0e-6  # final value of the lr cosine
     warmup_epochs: int = 10  # linear lr warmup from 0
@@ -78,36 +80,44 @@ class CropsConfig:
     dinov2_blur_quirk: bool = False  # True: DINOv2 code applies blur with 1 - p (see augment.py)
     solarize_probability: float = 0.2  # global crop 2 only
     solarize_threshold: float = 0.5  # 128/255 in DINOv2 on uint8 PIL images
-    mean: float = 0.5307  # RAD-DINO card (one grey value repeated over RGB)
-    std: float = 0.2583  # RAD-DINO card
+    mean: float = RAD_DINO_IMAGE_MEAN[0]  # RAD-DINO card (one grey value repeated over RGB)
+    std: float = RAD_DINO_IMAGE_STD[0]  # RAD-DINO card
 
 
 @dataclass
 class DinoConfig:
-    """Image-level DINO loss and head ("DINOv2 default")."""
+    """Image-level DINO loss and head ("DINOv2 default").
+
+    `head_*` is the architecture field `RadDinoConfig.dino_head_*` (DINOv2 spells `head_hidden_dim`,
+    `head_bottleneck_dim`, `head_nlayers`); `rad_dino_hf.ssl_model.model_config` puts it there.
+    """
 
     loss_weight: float = 1.0
     koleo_loss_weight: float = 0.1
     head_n_prototypes: int = 65536  # vitl14/g14: 131072
-    head_bottleneck_dim: int = 256  # vitl14/g14: 384
-    head_nlayers: int = 3
-    head_hidden_dim: int = 2048
+    head_bottleneck_size: int = 256  # vitl14/g14: 384
+    head_n_layers: int = 3
+    head_hidden_size: int = 2048
     student_temp: float = 0.1  # DINOLoss default
     center_momentum: float = 0.9  # DINOLoss default
 
 
 @dataclass
 class IbotConfig:
-    """Patch-level iBOT loss, masking and head ("DINOv2 default")."""
+    """Patch-level iBOT loss, masking and head ("DINOv2 default").
+
+    `separate_head` and `head_*` are the architecture fields `RadDinoConfig.ibot_separate_head` / `ibot_head_*`;
+    the `head_*` shape applies only to a separate head (otherwise iBOT uses the DINO head).
+    """
 
     loss_weight: float = 1.0
     mask_sample_probability: float = 0.5  # fraction of global crops that get a mask
     mask_ratio_min_max: tuple[float, float] = (0.1, 0.5)  # masked fraction range per masked crop
     separate_head: bool = False  # vitl14/g14: True
     head_n_prototypes: int = 65536
-    head_bottleneck_dim: int = 256
-    head_nlayers: int = 3
-    head_hidden_dim: int = 2048
+    head_bottleneck_size: int = 256
+    head_n_layers: int = 3
+    head_hidden_size: int = 2048
 
 
 @dataclass
@@ -123,7 +133,7 @@ class TeacherConfig:
 
 @dataclass
 class StudentConfig:
-    """Backbone and its initialisation."""
+    """Backbone and its initialisation; the architecture fields carry `RadDinoConfig`'s names."""
 
     # "random", a HF RAD-DINO / DINOv2 directory or Hub id, or an original-layout backbone .safetensors file.
     pretrained: str = "facebook/dinov2-base"  # RAD-DINO card: fine-tuned from dinov2-base (ViT-B/14)
@@ -133,9 +143,10 @@ class StudentConfig:
     num_hidden_layers: int = 12
     num_attention_heads: int = 12
     patch_size: int = 14
-    drop_path_rate: float = 0.1  # DINO v1 ViT default; DINOv2 default 0.3 is for ViT-L, vitl14 uses 0.4
-    drop_path_uniform: bool = True  # DINOv2 default (the HF backbone applies one rate to every block)
-    layerscale: float = 1.0e-5  # DINOv2 default init (irrelevant when loading pretrained weights)
+    # Stochastic depth of the student, the same rate in every block (DINOv2's drop_path_uniform; the HF backbone has
+    # no per-block schedule). DINO v1 ViT default; DINOv2 default 0.3 is for ViT-L, vitl14 uses 0.4.
+    drop_path_rate: float = 0.1
+    layerscale_value: float = 1.0e-5  # DINOv2 default init (irrelevant when loading pretrained weights)
 
 
 @dataclass
@@ -144,7 +155,6 @@ class TrainConfig:
 
     batch_size_per_gpu: int = 64  # DINOv2 default; paper: 2560 global over 64 GPUs = 40/GPU (brief)
     gradient_accumulation_steps: int = 1
-    world_size: int = 1  # data-parallel processes; set from the launcher at run time (for lr scaling)
     official_epoch_length: int = 1250  # DINOv2 OFFICIAL_EPOCH_LENGTH (iterations per "epoch")
     max_iterations: int | None = None  # stop early (schedules still span optim.epochs); None = run them all
     max_minutes: float | None = None  # wall-clock budget: checkpoint and stop when spent
@@ -160,10 +170,9 @@ class TrainConfig:
     log_every: int = 10  # iterations
     max_consecutive_nan: int = 5  # skip non-finite steps; stop after this many in a row
 
-    @property
-    def global_batch_size(self) -> int:
-        """Images per optimisation step over all processes and accumulation steps."""
-        return self.batch_size_per_gpu * self.world_size * self.gradient_accumulation_steps
+    def global_batch_size(self, world_size: int) -> int:
+        """Images per optimisation step over `world_size` data-parallel processes and the accumulation steps."""
+        return self.batch_size_per_gpu * world_size * self.gradient_accumulation_steps
 
 
 @dataclass

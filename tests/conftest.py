@@ -83,3 +83,39 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+# Stored values of a small MONOCHROME1 radiograph and what RAD-DINO preprocessing makes of them, worked by hand:
+# modality LUT 2 * v - 100 -> -100, 160, 400, 1900; MONOCHROME1 mirrors within the range (1800 - x) -> 1900, 1640,
+# 1400, -100; min-max to [0, 255]: 255 * (x + 100) / 2000 -> 255, 221.85, 191.25, 0 -> rint 255, 222, 191, 0.
+MONOCHROME1_STORED = (0, 130, 250, 1000)
+MONOCHROME1_UINT8 = (255, 222, 191, 0)
+
+
+@pytest.fixture
+def monochrome1_dicom(tmp_path) -> tuple[Path, "object"]:
+    """An uncompressed 16 x 16 MONOCHROME1 DICOM with a rescale slope/intercept, and its expected uint8 image."""
+    import numpy as np
+
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    quadrant = np.array(MONOCHROME1_STORED).reshape(2, 2)
+    stored = np.kron(quadrant, np.ones((8, 8), dtype=int)).astype(np.uint16)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"  # CR Image Storage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, "CR"
+    ds.Rows, ds.Columns = stored.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME1"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.RescaleSlope, ds.RescaleIntercept = 2, -100
+    ds.PixelData = stored.tobytes()
+    path = tmp_path / "mono1.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    expected = np.kron(np.array(MONOCHROME1_UINT8).reshape(2, 2), np.ones((8, 8), dtype=int)).astype(np.uint8)
+    return path, expected

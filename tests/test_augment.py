@@ -111,3 +111,30 @@ def test_crop_params_and_identity_crop():
 def test_blur_quirk_inverts_probabilities():
     assert MultiCropAugmentation(dinov2_blur_quirk=True).blur_probabilities == pytest.approx((0.0, 0.9, 0.5))
     assert MultiCropAugmentation().blur_probabilities == (1.0, 0.1, 0.5)
+
+
+@pytest.mark.parametrize("source", ["recipe", "defaults"])
+def test_pretraining_normalisation_is_the_processors(source):
+    """Crops of a flat grey image equal the inference processor's output for it: the encoder sees the same
+    intensities in pretraining and in use (a different augmentation mean/std would shift every input)."""
+    import dataclasses
+
+    import numpy as np
+
+    from image_processing_rad_dino import RadDinoImageProcessor
+    from rad_dino_hf.recipe import CropsConfig
+
+    no_jitter = {"jitter_probability": 0.0, "solarize_probability": 0.0, "local_crops_number": 1}
+    if source == "recipe":
+        crops = dataclasses.replace(CropsConfig(), global_crops_size=28, local_crops_size=14, **no_jitter)
+        augmentation = MultiCropAugmentation.from_config(crops, seed=0)
+    else:
+        augmentation = MultiCropAugmentation(global_crops_size=28, local_crops_size=14, seed=0, **no_jitter)
+    processor = RadDinoImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
+    for grey in (0, 77, 200):
+        image = np.full((40, 36), grey, dtype=np.uint8)
+        expected = float(processor(image, return_tensors="np")["pixel_values"][0, 0, 0, 0])
+        assert expected == pytest.approx((grey / 255 - 0.5307) / 0.2583, abs=1e-5)  # the released constants
+        out = augmentation(torch.from_numpy(image)[None])
+        for crop in out["global_crops"] + out["local_crops"]:
+            torch.testing.assert_close(crop, torch.full_like(crop, expected), atol=1e-5, rtol=0)

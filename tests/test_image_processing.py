@@ -115,6 +115,31 @@ def test_bit_identical_to_bit_image_processor_on_real_8bit_images(processor, ref
     assert np.array_equal(batch, np.stack(singles))
 
 
+def test_bit_identical_to_bit_image_processor_on_the_embedded_sample(processor, reference):
+    """The repository's own 8-bit JPEG and PNG radiographs, as PIL images and as paths (read by read_image)."""
+    images = SAMPLE_DIR / "images"
+    # Most of these do not span 0..255 (e.g. 00870a9c.png: 2..238), so a min-max stretch of 8-bit data shows.
+    paths = [images / name for name in ("00870a9c.png", "073a8f93.png", "1052b0fe.png", "person10_virus_35.jpg")]
+    paths += sorted(images.glob("IM-*.jpg"))[:1]
+    for path in paths:
+        ref = reference(Image.open(path), return_tensors="np")["pixel_values"]
+        assert np.array_equal(processor(Image.open(path), return_tensors="np")["pixel_values"], ref), path
+        assert np.array_equal(processor(str(path), return_tensors="np")["pixel_values"], ref), path
+
+
+def test_8bit_files_keep_their_grey_values(tmp_path, processor):
+    """An 8-bit file of greys 60..180 is not stretched: a flat 60 region normalises to (60 / 255 - mean) / std."""
+    image = np.full((32, 32), 60, dtype=np.uint8)
+    image[:, 16:] = 180
+    path = tmp_path / "narrow.png"
+    Image.fromarray(image).save(path)
+    assert np.array_equal(read_image(path), image)
+    out = processor(path, return_tensors="np", size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    pixels = out["pixel_values"][0, 0]
+    assert pixels[:, 2] == pytest.approx(np.full(32, (60 / 255 - 0.5307) / 0.2583), abs=1e-5)
+    assert pixels[:, -3] == pytest.approx(np.full(32, (180 / 255 - 0.5307) / 0.2583), abs=1e-5)
+
+
 @needs_shared
 def test_accepts_bytes_arrays_and_grey_arrays(processor, reference):
     path = sorted((SHARED_DATA / "hannover-covid" / "images").glob("*.png"))[0]
@@ -140,6 +165,36 @@ def test_to_uint8_min_max_and_constant():
     constant = np.full((20, 20), 1234, dtype=np.uint16)
     with np.errstate(all="raise"):  # no divide-by-zero
         assert np.array_equal(to_uint8(constant), np.zeros((20, 20), np.uint8))
+
+
+def test_to_uint8_hand_values():
+    """255 * (x - 100) / 200 = 0, 1.275, 3.825, 77.775, 253.725, 255, rounded to the nearest integer."""
+    values = np.array([[100, 101, 103], [161, 299, 300]], dtype=np.uint16)
+    assert to_uint8(values).tolist() == [[0, 1, 4], [78, 254, 255]]
+    assert to_uint8(values.astype(np.float32) - 1000).tolist() == [[0, 1, 4], [78, 254, 255]]  # negative floats
+
+
+def test_16bit_png_hand_values(tmp_path, processor):
+    """16-bit PNG: 255 * (x - 1000) / 4000 -> 0, 63.75, 133.875, 255 -> 0, 64, 134, 255; then the stock pipeline."""
+    quadrant = np.array([[1000, 2000], [3100, 5000]], dtype=np.uint16)
+    path = tmp_path / "grey16.png"
+    Image.fromarray(np.kron(quadrant, np.ones((8, 8), dtype=np.uint16))).save(path)
+    expected = np.kron(np.array([[0, 64], [134, 255]], dtype=np.uint8), np.ones((8, 8), dtype=np.uint8))
+    assert np.array_equal(to_uint8(read_image(path)), expected)
+    small = {"size": {"shortest_edge": 16}, "crop_size": {"height": 16, "width": 16}}
+    out = processor(path, return_tensors="np", **small)["pixel_values"]
+    reference = BitImageProcessorPil(**{**RELEASED, **small})(Image.fromarray(expected).convert("RGB"))
+    assert np.array_equal(out, reference["pixel_values"][0][None])
+
+
+def test_dicom_monochrome1_hand_values(monochrome1_dicom, processor):
+    """Modality LUT, MONOCHROME1 inversion and min-max scaling of a synthetic DICOM, worked by hand (conftest)."""
+    path, expected = monochrome1_dicom
+    assert np.array_equal(to_uint8(read_image(path)), expected)
+    small = {"size": {"shortest_edge": 16}, "crop_size": {"height": 16, "width": 16}}
+    out = processor(path, return_tensors="np", **small)["pixel_values"]
+    reference = BitImageProcessorPil(**{**RELEASED, **small})(Image.fromarray(expected).convert("RGB"))
+    assert np.array_equal(out, reference["pixel_values"][0][None])
 
 
 def test_16bit_png_keeps_range_then_scales(tmp_path, processor):
