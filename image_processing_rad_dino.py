@@ -16,12 +16,17 @@ Public API
 Saved configuration (decision)
 ------------------------------
 ``save_pretrained`` writes ``"image_processor_type": "BitImageProcessor"`` (as the ``microsoft/rad-dino`` release
-does) **plus** ``"auto_map": {"AutoImageProcessor": "image_processing_rad_dino.RadDinoImageProcessor"}`` and a
-copy of this file. Therefore:
+does) **plus** ``"auto_map": {"AutoImageProcessor": {"pil": "image_processing_rad_dino.RadDinoImageProcessor"}}``
+and a copy of this file. Therefore:
 
 - ``AutoImageProcessor.from_pretrained(dir)`` (no remote code) loads the stock ``BitImageProcessor`` with the same
   settings: identical outputs on 8-bit images, no DICOM / 16-bit support, no custom code executed.
 - ``AutoImageProcessor.from_pretrained(dir, trust_remote_code=True)`` loads this ``RadDinoImageProcessor``.
+- ``pipeline("image-feature-extraction", model=dir)`` is silent and stock. The pipeline also asks
+  ``AutoVideoProcessor`` for a video processor; for a *string* ``AutoImageProcessor`` entry it guesses a remote
+  ``...VideoProcessor`` class of the same name, finds no local one and asks interactively whether to run custom
+  code. The per-backend mapping (this processor is the PIL backend) is the transformers 5 form of the entry and
+  names no video processor, so nothing is guessed and the pipeline loads without asking.
 
 Saving ``"RadDinoImageProcessor"`` as the type would make plain loading fail, since transformers does not know
 that name.
@@ -535,12 +540,15 @@ class RadDinoImageProcessor(BitImageProcessorPil):
     def to_dict(self) -> dict[str, Any]:
         """Serialise like ``BitImageProcessor`` so that stock transformers can load the saved config.
 
-        ``image_processor_type`` is saved as ``"BitImageProcessor"``; ``save_pretrained`` adds
-        ``auto_map.AutoImageProcessor = "image_processing_rad_dino.RadDinoImageProcessor"`` (see the module
-        docstring) for ``trust_remote_code=True`` loading.
+        ``image_processor_type`` is saved as ``"BitImageProcessor"``; the ``auto_map`` entry that
+        ``save_pretrained`` adds for ``trust_remote_code=True`` is written per backend, ``{"pil": ...}`` (see the
+        module docstring: a plain string entry makes ``pipeline(...)`` ask whether to run custom code).
         """
         output = super().to_dict()
         output["image_processor_type"] = "BitImageProcessor"
+        auto_map = output.get("auto_map") or {}
+        if isinstance(auto_map.get("AutoImageProcessor"), str):
+            output["auto_map"] = {**auto_map, "AutoImageProcessor": {"pil": auto_map["AutoImageProcessor"]}}
         return output
 
 

@@ -483,14 +483,15 @@ def test_mapped_stream_resumes_with_the_same_crops(two_folders, augmentation):
 # ----------------------------------------------------------------------------- real radiographs
 
 
-def test_real_folders_decode(shared_data):
-    dicom = DataSource(str(shared_data / "dicom"))
+def test_real_folders_decode():
+    repo = Path(__file__).resolve().parents[1]
+    dicom = DataSource(str(repo / "tests" / "fixtures" / "dicom"))
     examples = {Path(e["key"]).name: e for e in open_source(dicom)}
     assert set(examples) == {"RG1_UNCR.dcm", "RG1_J2KR.dcm", "RG3_UNCR.dcm"}
     uncompressed, j2k = (decode_or_none(examples[n]["image"], n) for n in ("RG1_UNCR.dcm", "RG1_J2KR.dcm"))
     assert uncompressed.dtype == np.uint8 and uncompressed.min() == 0 and uncompressed.max() == 255
     assert np.array_equal(uncompressed, j2k)  # the same image, stored losslessly in JPEG 2000
-    jpegs = DataSource(str(shared_data / "pediatric-pneumonia" / "train"))
+    jpegs = DataSource(str(repo / "data" / "sample" / "images"))
     draws = list(itertools.islice(build_stream([jpegs], seed=0), 6))
     assert len({e["key"] for e in draws}) == 6
     for e in draws:

@@ -150,9 +150,9 @@ def test_linear_probe_reports_missing_columns(tmp_path):
         train_downstream.main(["linear-probe", "--model", "random", "--csv", str(path)])
 
 
-def test_dicom_features_and_visualize(tiny_model, tiny_processor, shared_data, tmp_path):
+def test_dicom_features_and_visualize(tiny_model, tiny_processor, tmp_path):
     """DICOM goes through the processor's own conversion (modality/VOI LUT, MONOCHROME1, min-max), not raw floats."""
-    dicom = shared_data / "dicom" / "RG1_UNCR.dcm"
+    dicom = REPO_ROOT / "tests" / "fixtures" / "dicom" / "RG1_UNCR.dcm"
     features = extract_features(tiny_model, tiny_processor, [dicom], progress=False)
     assert torch.isfinite(features["cls"]).all()
     model_dir = tmp_path / "model"
