@@ -28,8 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from image_processing_rad_dino import RadDinoImageProcessor  # noqa: E402
 from modeling_rad_dino import RadDinoModel  # noqa: E402
 from rad_dino_hf.features import extract_features  # noqa: E402
-from rad_dino_hf.probe import linear_probe, patient_split  # noqa: E402
+from rad_dino_hf.probe import linear_probe  # noqa: E402
 from rad_dino_hf.recipe import RecipeConfig, apply_overrides  # noqa: E402
+from rad_dino_hf.tables import patient_split  # noqa: E402
 from rad_dino_hf.trainer import RunOptions, pretrain  # noqa: E402
 
 logger = logging.getLogger("learning_check")

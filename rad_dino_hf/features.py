@@ -14,13 +14,13 @@ from tqdm.auto import tqdm
 from configuration_rad_dino import RadDinoConfig
 from image_processing_rad_dino import RadDinoImageProcessor
 from modeling_rad_dino import RadDinoModel
+from rad_dino_hf.data import IMAGE_SUFFIXES
 from rad_dino_hf.fingerprint import files_digest, parameter_digest
 
 logger = logging.getLogger(__name__)
 
 RELEASED_MODEL_ID = "microsoft/rad-dino"
 RANDOM_INIT = "random"
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom"}
 
 
 def load_encoder(

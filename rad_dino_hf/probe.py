@@ -1,32 +1,20 @@
-"""Frozen-feature linear probes (logistic and ridge regression) with patient-level splits and CV folds."""
+"""Frozen-feature linear probes (logistic and ridge regression), regularisation chosen by patient-grouped CV."""
 
 import logging
 from collections.abc import Sequence
 
 import numpy as np
 from sklearn.linear_model import LogisticRegressionCV, RidgeCV
-from sklearn.model_selection import GroupKFold, GroupShuffleSplit
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from rad_dino_hf.metrics import classification_metrics
+from rad_dino_hf.tables import patient_folds
 
 logger = logging.getLogger(__name__)
 
 REGULARISATION_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
 RIDGE_GRID = tuple(10.0**power for power in range(-2, 7))
-
-
-def patient_split(patients: Sequence[str], val_fraction: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of a train/validation split in which no patient appears on both sides."""
-    splitter = GroupShuffleSplit(n_splits=1, test_size=val_fraction, random_state=seed)
-    train, val = next(splitter.split(np.zeros(len(patients)), groups=np.asarray(patients)))
-    return np.sort(train), np.sort(val)
-
-
-def patient_folds(patients: np.ndarray, n_splits: int = 5) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(train, test) index pairs of `n_splits`-fold cross-validation in which no patient is on both sides."""
-    return list(GroupKFold(n_splits=n_splits).split(np.zeros(len(patients)), groups=patients))
 
 
 def fit_linear_probe(

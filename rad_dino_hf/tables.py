@@ -1,4 +1,4 @@
-"""Labelled image tables for the downstream classifiers, read through HuggingFace `datasets`.
+"""Labelled image tables for the downstream tasks, read through HuggingFace `datasets`, and patient-level splits.
 
 A table is a `.csv`, `.parquet` or `.jsonl` / `.json` file, a folder holding a `metadata.csv` (as `../shared/data`),
 or a Hub dataset id. Its image column holds file paths; relative paths resolve from an image root (default: the
@@ -14,12 +14,13 @@ feature, or image bytes) are not read.
 
 import csv
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from datasets import ClassLabel, Dataset, Features, Value, load_dataset
+from sklearn.model_selection import GroupKFold, GroupShuffleSplit
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,18 @@ class LabelledTable:
     patients: np.ndarray
     classes: list[str]
     multilabel: bool
+
+
+def patient_split(patients: Sequence[str], val_fraction: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of a train/validation split in which no patient appears on both sides."""
+    splitter = GroupShuffleSplit(n_splits=1, test_size=val_fraction, random_state=seed)
+    train, val = next(splitter.split(np.zeros(len(patients)), groups=np.asarray(patients)))
+    return np.sort(train), np.sort(val)
+
+
+def patient_folds(patients: np.ndarray, n_splits: int = 5) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train, test) index pairs of `n_splits`-fold cross-validation in which no patient is on both sides."""
+    return list(GroupKFold(n_splits=n_splits).split(np.zeros(len(patients)), groups=patients))
 
 
 def load_table(source: str, split: str = "train") -> tuple[Dataset, Path | None]:

@@ -11,7 +11,7 @@ import pytest
 
 import train_downstream
 from rad_dino_hf.demographics import DemographicsTable, demographics_probe, parse_age, parse_sex
-from rad_dino_hf.probe import patient_split
+from rad_dino_hf.tables import patient_split
 
 
 def test_parsing():

@@ -13,6 +13,7 @@ import train_downstream
 import rad_dino_hf.tables
 from rad_dino_hf.probe import REGULARISATION_GRID, per_label_probabilities
 from rad_dino_hf.tables import read_labelled_table
+from rad_dino_hf.tasks.common import labelled_split
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
 LABELS = ["pneumonia", "bacterial", "viral"]
@@ -67,9 +68,8 @@ def test_multilabel_values_and_patient_split(multilabel_csv):
     np.testing.assert_array_equal(table.labels[:, 0], table.labels[:, 1] | table.labels[:, 2])
     arguments = ["knn", "--csv", str(multilabel_csv), "--label-column", *LABELS, "--val-fraction", "0.3"]
     for seed in range(5):
-        split = train_downstream.labelled_split(
-            train_downstream.build_parser().parse_args(arguments + ["--seed", str(seed)]), "test"
-        )
+        _, options = train_downstream.parse_options(arguments + ["--seed", str(seed)])
+        split = labelled_split(options.table, options.split, "test")
         assert not set(split.patients[split.train]) & set(split.patients[split.val])
         assert sorted(np.r_[split.train, split.val]) == list(range(12))
 

@@ -1,4 +1,8 @@
-"""`train_downstream.py report`: train a LLaVA-style report generator in two stages, generate, and evaluate.
+"""LLaVA-style report generator: the encoder's patch tokens -> 2-layer GELU MLP projector -> any causal LM (a tiny
+local Llama by default, since none can be downloaded offline). Stage 1 trains the projector, stage 2 LoRA adapters
+on the LM; loss on report tokens only. Generates for held-out and training cases (greedy or beam search) and scores
+ROUGE-L, BLEU-4 and CheXpert-style finding F1 next to a most-common-report baseline. Default data: covid-chestxray
+clinical notes.
 
 Flow: image–report pairs -> patient split -> (tiny local LM: tokenizer + text pretraining, or any HF causal LM)
 -> generator (encoder + new projector + LM) -> stage 1 (projector) -> stage 2 (LoRA) -> saved adapter and merged
@@ -11,6 +15,7 @@ import json
 import logging
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,10 +25,8 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rad_dino_hf.distributed import make_accelerator
 from rad_dino_hf.features import RELEASED_MODEL_ID, load_encoder
 from rad_dino_hf.plots import plot_loss_curves
-from rad_dino_hf.probe import patient_split
 from rad_dino_hf.report.builder import (
     DEFAULT_INSTRUCTION,
     build_generator,
@@ -44,11 +47,82 @@ from rad_dino_hf.report.training import (
     train_loop,
     trainable_parameter_count,
 )
+from rad_dino_hf.tables import patient_split
+from rad_dino_hf.tasks.arguments import SHARED_DATA, AcceleratorOptions, add_accelerator_arguments
 
 logger = logging.getLogger("rad_dino_hf")
 TINY_LM = "tiny"
 VISION_CACHE_AUTO_GIB = 4.0
-COVID_CHESTXRAY = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "covid-chestxray"
+
+
+@dataclass
+class DataOptions:
+    """Image-report pairs (`load_report_pairs`), their patient split and how they become a prompt and a target."""
+
+    data: str
+    image_column: str
+    text_column: str
+    patient_column: str
+    val_fraction: float
+    instruction: str
+    max_report_tokens: int
+
+
+@dataclass
+class ModelOptions:
+    """The generator's parts (`build_generator`), the tiny LM's size, or a saved `generator` to evaluate instead."""
+
+    encoder: str
+    lm: str
+    image_token_pooling: int
+    vision_feature_select_strategy: str
+    chat_template: str | None
+    generator: str | None
+    tiny_hidden_size: int
+    tiny_layers: int
+    tiny_vocab_size: int
+
+
+@dataclass
+class TrainingOptions:
+    """Text pretraining of the tiny LM, stage 1 (projector) and stage 2 (LoRA)."""
+
+    lm_epochs: int
+    stage1_epochs: int
+    stage1_lr: float
+    stage2_epochs: int
+    stage2_lr: float
+    lora_rank: int
+    lora_alpha: int
+    lora_dropout: float
+    lora_targets: list[str]
+    lora_encoder: bool
+    freeze_projector_in_stage2: bool
+    vision_cache: str
+    batch_size: int
+    gradient_checkpointing: bool
+    seed: int
+
+
+@dataclass
+class EvaluationOptions:
+    """Decoding (`GenerationSettings`) and how many training pairs are scored too (0: all)."""
+
+    max_new_tokens: int
+    num_beams: int
+    repetition_penalty: float
+    train_eval_size: int
+
+
+@dataclass
+class Options:
+    data: DataOptions
+    model: ModelOptions
+    training: TrainingOptions
+    evaluation: EvaluationOptions
+    accelerator: AcceleratorOptions
+    output: str
+    push_to_hub: str | None
 
 
 def most_common_report(pairs: list[ReportPair]) -> str:
@@ -56,21 +130,28 @@ def most_common_report(pairs: list[ReportPair]) -> str:
     return Counter(pair.text for pair in pairs).most_common(1)[0][0]
 
 
-def build_language_model(args: argparse.Namespace, train_texts: list[str], accelerator: Accelerator, output: Path):
+def build_language_model(options: Options, train_texts: list[str], accelerator: Accelerator, output: Path):
     """(LM, tokenizer, text-pretraining losses): `--lm`, or a tiny local Llama trained on the training reports and
     saved to `output/tiny_lm` (the base that `adapter/` applies to)."""
-    if args.lm != TINY_LM:
-        return AutoModelForCausalLM.from_pretrained(args.lm), AutoTokenizer.from_pretrained(args.lm), []
-    tokenizer = train_tokenizer(train_texts, args.tiny_vocab_size)
-    model = tiny_llama(tokenizer, hidden_size=args.tiny_hidden_size, num_layers=args.tiny_layers, seed=args.seed)
+    model_options, training = options.model, options.training
+    if model_options.lm != TINY_LM:
+        name = model_options.lm
+        return AutoModelForCausalLM.from_pretrained(name), AutoTokenizer.from_pretrained(name), []
+    tokenizer = train_tokenizer(train_texts, model_options.tiny_vocab_size)
+    model = tiny_llama(
+        tokenizer,
+        hidden_size=model_options.tiny_hidden_size,
+        num_layers=model_options.tiny_layers,
+        seed=training.seed,
+    )
     losses = pretrain_on_text(
         model,
         tokenizer,
         train_texts,
         accelerator,
-        epochs=args.lm_epochs,
-        batch_size=args.batch_size,
-        max_tokens=args.max_report_tokens,
+        epochs=training.lm_epochs,
+        batch_size=training.batch_size,
+        max_tokens=options.data.max_report_tokens,
     )
     if accelerator.is_main_process:
         model.save_pretrained(output / "tiny_lm")
@@ -78,61 +159,64 @@ def build_language_model(args: argparse.Namespace, train_texts: list[str], accel
     return model, tokenizer, losses
 
 
-def use_vision_cache(args: argparse.Namespace, model, processor, n_images: int) -> bool:
+def use_vision_cache(training: TrainingOptions, model, processor, n_images: int) -> bool:
     """Whether to keep the frozen encoder's outputs in memory across epochs (`--vision-cache`; "auto": when the
     encoder is frozen and the outputs of `n_images` take at most `VISION_CACHE_AUTO_GIB`)."""
-    if args.vision_cache == "off" or args.lora_encoder:
-        if args.vision_cache == "on":
+    if training.vision_cache == "off" or training.lora_encoder:
+        if training.vision_cache == "on":
             raise ValueError("--vision-cache on needs a frozen encoder (drop --lora-encoder)")
         return False
     vision, crop = model.config.vision_config, processor.image_processor.crop_size
     tokens = 1 + (crop["height"] // vision.patch_size) * (crop["width"] // vision.patch_size)
     gib = n_images * tokens * vision.hidden_size * 4 / 2**30
-    if args.vision_cache == "auto" and gib > VISION_CACHE_AUTO_GIB:
+    if training.vision_cache == "auto" and gib > VISION_CACHE_AUTO_GIB:
         logger.info("Not caching encoder outputs (%.1f GiB for %d images); --vision-cache on to force", gib, n_images)
         return False
     logger.info("Caching the frozen encoder's outputs: %.2f GiB for %d images, encoded once", gib, n_images)
     return True
 
 
-def train_generator(args: argparse.Namespace, train_pairs: list[ReportPair], accelerator: Accelerator, output: Path):
+def train_generator(options: Options, train_pairs: list[ReportPair], accelerator: Accelerator, output: Path):
     """Both LLaVA stages; saves the stage-1 projector, the stage-2 adapter and the merged generator."""
-    encoder, image_processor, encoder_name = load_encoder(args.encoder)
+    model_options, training = options.model, options.training
+    encoder, image_processor, encoder_name = load_encoder(model_options.encoder)
     texts = [pair.text for pair in train_pairs]
-    language_model, tokenizer, lm_losses = build_language_model(args, texts, accelerator, output)
+    language_model, tokenizer, lm_losses = build_language_model(options, texts, accelerator, output)
     curves = {"language model on text": lm_losses} if lm_losses else {}
     model, processor = build_generator(
         encoder,
         image_processor,
         language_model,
         tokenizer,
-        image_token_pooling=args.image_token_pooling,
-        vision_feature_select_strategy=args.vision_feature_select_strategy,
-        chat_template=Path(args.chat_template).read_text() if args.chat_template else None,
+        image_token_pooling=model_options.image_token_pooling,
+        vision_feature_select_strategy=model_options.vision_feature_select_strategy,
+        chat_template=Path(model_options.chat_template).read_text() if model_options.chat_template else None,
     )
-    if args.gradient_checkpointing:
+    if training.gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    collator = ReportCollator(processor, args.instruction, args.max_report_tokens)
+    collator = ReportCollator(processor, options.data.instruction, options.data.max_report_tokens)
     loader = DataLoader(
         train_pairs,
-        batch_size=args.batch_size,
+        batch_size=training.batch_size,
         shuffle=True,
         collate_fn=collator,
-        generator=torch.Generator().manual_seed(args.seed),
+        generator=torch.Generator().manual_seed(training.seed),
     )
     lora = LoraSettings(
-        rank=args.lora_rank,
-        alpha=args.lora_alpha,
-        dropout=args.lora_dropout,
-        lm_targets=args.lora_targets,
-        train_projector=not args.freeze_projector_in_stage2,
-        lora_encoder=args.lora_encoder,
+        rank=training.lora_rank,
+        alpha=training.lora_alpha,
+        dropout=training.lora_dropout,
+        lm_targets=training.lora_targets,
+        train_projector=not training.freeze_projector_in_stage2,
+        lora_encoder=training.lora_encoder,
     )
-    with cached_vision_tower(model, use_vision_cache(args, model, processor, len(train_pairs))):
+    with cached_vision_tower(model, use_vision_cache(training, model, processor, len(train_pairs))):
         freeze_all_but_projector(model)
         logger.info("Stage 1: %d of %d parameters trainable (projector)", *trainable_parameter_count(model))
         stage = "stage 1 (projector)"
-        curves[stage] = train_loop(model, loader, accelerator, args.stage1_epochs, args.stage1_lr, description=stage)
+        curves[stage] = train_loop(
+            model, loader, accelerator, training.stage1_epochs, training.stage1_lr, description=stage
+        )
         if accelerator.is_main_process:
             save_file(model.model.multi_modal_projector.state_dict(), output / "stage1_projector.safetensors")
         peft_model = add_lora(model, lora)
@@ -140,7 +224,7 @@ def train_generator(args: argparse.Namespace, train_pairs: list[ReportPair], acc
         logger.info("Stage 2: %d of %d parameters trainable (LoRA + projector)", *trainable)
         stage = "stage 2 (LoRA)"
         curves[stage] = train_loop(
-            peft_model, loader, accelerator, args.stage2_epochs, args.stage2_lr, description=stage
+            peft_model, loader, accelerator, training.stage2_epochs, training.stage2_lr, description=stage
         )
     accelerator.wait_for_everyone()
     peft_model = accelerator.unwrap_model(peft_model)
@@ -155,12 +239,15 @@ def train_generator(args: argparse.Namespace, train_pairs: list[ReportPair], acc
 
 
 def evaluate_split(
-    model, processor, pairs: list[ReportPair], baseline: str, args: argparse.Namespace, name: str, output: Path
+    model, processor, pairs: list[ReportPair], baseline: str, options: Options, name: str, output: Path
 ) -> dict:
     """Generate for `pairs`, write `generations_<name>.jsonl`, score model and baseline on the same references."""
-    settings = GenerationSettings(args.max_new_tokens, args.num_beams, args.repetition_penalty, args.batch_size)
+    evaluation = options.evaluation
+    settings = GenerationSettings(
+        evaluation.max_new_tokens, evaluation.num_beams, evaluation.repetition_penalty, options.training.batch_size
+    )
     start = time.perf_counter()
-    rows = generate_reports(model, processor, pairs, args.instruction, settings)
+    rows = generate_reports(model, processor, pairs, options.data.instruction, settings)
     seconds = time.perf_counter() - start
     write_jsonl(rows, output / f"generations_{name}.jsonl")
     references = [row["reference"] for row in rows]
@@ -172,36 +259,44 @@ def evaluate_split(
     }
 
 
-def run_report(args: argparse.Namespace) -> dict:
-    accelerator = make_accelerator(gradient_accumulation_steps=args.grad_accum, mixed_precision=args.mixed_precision)
-    set_seed(args.seed)
-    output = Path(args.output)
+def run(options: Options, accelerator: Accelerator) -> dict | None:
+    """Every process trains; the main process generates, scores and writes (the others return None)."""
+    data, seed = options.data, options.training.seed
+    set_seed(seed)
+    output = Path(options.output)
     output.mkdir(parents=True, exist_ok=True)
-    pairs = load_report_pairs(args.data, args.image_column, args.text_column, args.patient_column)
-    train, held_out = patient_split([pair.patient for pair in pairs], args.val_fraction, args.seed)
+    pairs = load_report_pairs(data.data, data.image_column, data.text_column, data.patient_column)
+    train, held_out = patient_split([pair.patient for pair in pairs], data.val_fraction, seed)
     train_pairs, held_out_pairs = [pairs[i] for i in train], [pairs[i] for i in held_out]
     logger.info("Reports: %d train / %d held-out pairs, no patient in both", len(train_pairs), len(held_out_pairs))
 
     start = time.perf_counter()
-    if args.generator:
-        model, processor = load_generator(args.generator)
-        curves, encoder_name = {}, args.generator
+    generator = options.model.generator
+    if generator:
+        model, processor = load_generator(generator)
+        curves, encoder_name = {}, generator
     else:
-        model, processor, curves, encoder_name = train_generator(args, train_pairs, accelerator, output)
+        model, processor, curves, encoder_name = train_generator(options, train_pairs, accelerator, output)
     train_seconds = time.perf_counter() - start
     if not accelerator.is_main_process:
-        return {}
+        return None
 
     baseline = most_common_report(train_pairs)
     results = {
         "encoder": encoder_name,
-        "lm": args.lm,
+        "lm": options.model.lm,
         "train_seconds": round(train_seconds, 1),
         "final_loss": {stage: losses[-1] for stage, losses in curves.items()},
         "baseline_report": baseline,
-        "held_out": evaluate_split(model, processor, held_out_pairs, baseline, args, "held_out", output),
+        "held_out": evaluate_split(model, processor, held_out_pairs, baseline, options, "held_out", output),
         "train": evaluate_split(
-            model, processor, train_pairs[: args.train_eval_size or None], baseline, args, "train", output
+            model,
+            processor,
+            train_pairs[: options.evaluation.train_eval_size or None],
+            baseline,
+            options,
+            "train",
+            output,
         ),
     }
     (output / "metrics.json").write_text(json.dumps(results, indent=2))
@@ -217,30 +312,23 @@ def run_report(args: argparse.Namespace) -> dict:
                 metric["bleu4"],
                 metric["finding_f1"]["micro_f1"],
             )
-    if args.push_to_hub:
-        pushed = push_generator(args.generator or output / "generator", args.push_to_hub)
+    if options.push_to_hub:
+        pushed = push_generator(generator or output / "generator", options.push_to_hub)
         logger.info("Pushed the generator to https://huggingface.co/%s", pushed)
     logger.info("Generator, adapter, generations, metrics and loss curves in %s", output)
     return results
 
 
-def add_report_parser(commands: argparse._SubParsersAction) -> None:
-    """Register the `report` subcommand and its options."""
-    report = commands.add_parser(
-        "report",
-        help="LLaVA-style report generator: RAD-DINO + projector + causal LM (LoRA), trained and evaluated",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def add_arguments(report: argparse.ArgumentParser) -> None:
     data = report.add_argument_group("data")
     data.add_argument(
         "--data",
-        default=str(COVID_CHESTXRAY),
+        default=str(SHARED_DATA / "covid-chestxray"),
         help="folder with metadata.csv, a CSV/parquet/JSONL file or a Hub dataset id (default: covid-chestxray)",
     )
-    data.add_argument("--image-column", default="file")
-    data.add_argument("--text-column", default="clinical_notes")
-    data.add_argument("--patient-column", default="patient")
+    data.add_argument("--image-column", default="file", help="column of image paths")
+    data.add_argument("--text-column", default="clinical_notes", help="column of report texts")
+    data.add_argument("--patient-column", default="patient", help="no patient is in both splits")
     data.add_argument("--val-fraction", type=float, default=0.2, help="share of patients held out")
     data.add_argument("--instruction", default=DEFAULT_INSTRUCTION, help="the user turn's text after the image")
     data.add_argument("--max-report-tokens", type=int, default=96, help="reports are cut to this many tokens")
@@ -256,22 +344,27 @@ def add_report_parser(commands: argparse._SubParsersAction) -> None:
         "--lm", default=TINY_LM, help="causal LM: Hub id or directory, or 'tiny' (a local Llama trained on the reports)"
     )
     model.add_argument("--image-token-pooling", type=int, default=1, help="k x k average pooling of the patch grid")
-    model.add_argument("--vision-feature-select-strategy", choices=["default", "full"], default="default")
+    model.add_argument(
+        "--vision-feature-select-strategy",
+        choices=["default", "full"],
+        default="default",
+        help="default: patch tokens only; full: the CLS token too",
+    )
     model.add_argument("--chat-template", help="Jinja chat template file (default: LLaVA-1.5 style USER/ASSISTANT)")
     model.add_argument("--generator", help="evaluate this saved generator instead of training one")
-    model.add_argument("--tiny-hidden-size", type=int, default=256)
-    model.add_argument("--tiny-layers", type=int, default=4)
-    model.add_argument("--tiny-vocab-size", type=int, default=2000)
+    model.add_argument("--tiny-hidden-size", type=int, default=256, help="tiny LM width")
+    model.add_argument("--tiny-layers", type=int, default=4, help="tiny LM depth")
+    model.add_argument("--tiny-vocab-size", type=int, default=2000, help="tiny LM tokenizer size")
 
     training = report.add_argument_group("training")
     training.add_argument("--lm-epochs", type=int, default=20, help="text-only epochs of the tiny LM")
-    training.add_argument("--stage1-epochs", type=int, default=10)
-    training.add_argument("--stage1-lr", type=float, default=1e-3)
-    training.add_argument("--stage2-epochs", type=int, default=30)
-    training.add_argument("--stage2-lr", type=float, default=2e-3)
-    training.add_argument("--lora-rank", type=int, default=16)
-    training.add_argument("--lora-alpha", type=int, default=32)
-    training.add_argument("--lora-dropout", type=float, default=0.05)
+    training.add_argument("--stage1-epochs", type=int, default=10, help="projector-only epochs")
+    training.add_argument("--stage1-lr", type=float, default=1e-3, help="projector learning rate")
+    training.add_argument("--stage2-epochs", type=int, default=30, help="LoRA epochs")
+    training.add_argument("--stage2-lr", type=float, default=2e-3, help="LoRA (and projector) learning rate")
+    training.add_argument("--lora-rank", type=int, default=16, help="LoRA rank r")
+    training.add_argument("--lora-alpha", type=int, default=32, help="LoRA updates are scaled by alpha / r")
+    training.add_argument("--lora-dropout", type=float, default=0.05, help="dropout on the LoRA input")
     training.add_argument(
         "--lora-targets",
         nargs="+",
@@ -279,7 +372,9 @@ def add_report_parser(commands: argparse._SubParsersAction) -> None:
         help="module-name suffixes inside the LM, or 'all-linear'",
     )
     training.add_argument("--lora-encoder", action="store_true", help="also put LoRA adapters on the encoder")
-    training.add_argument("--freeze-projector-in-stage2", action="store_true")
+    training.add_argument(
+        "--freeze-projector-in-stage2", action="store_true", help="stage 2 trains the LoRA adapters only"
+    )
     training.add_argument(
         "--vision-cache",
         choices=["auto", "on", "off"],
@@ -287,19 +382,19 @@ def add_report_parser(commands: argparse._SubParsersAction) -> None:
         help=f"encode each training image once and keep the frozen encoder's output in memory (auto: if it fits in "
         f"{VISION_CACHE_AUTO_GIB:g} GiB)",
     )
-    training.add_argument("--batch-size", type=int, default=8)
-    training.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps")
-    training.add_argument("--gradient-checkpointing", action="store_true")
-    training.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no")
-    training.add_argument("--seed", type=int, default=0)
+    training.add_argument("--batch-size", type=int, default=8, help="pairs per batch (training and generation)")
+    add_accelerator_arguments(training)
+    training.add_argument(
+        "--gradient-checkpointing", action="store_true", help="recompute activations in backward: less memory"
+    )
+    training.add_argument("--seed", type=int, default=0, help="seed of the split and of training")
 
     generation = report.add_argument_group("generation and evaluation")
-    generation.add_argument("--max-new-tokens", type=int, default=96)
+    generation.add_argument("--max-new-tokens", type=int, default=96, help="longest generated report")
     generation.add_argument("--num-beams", type=int, default=1, help="1 = greedy")
     generation.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats")
     generation.add_argument(
         "--train-eval-size", type=int, default=0, help="training pairs also scored (0: all of them)"
     )
-    report.add_argument("--output", default="outputs/report")
+    report.add_argument("--output", default="outputs/report", help="output folder")
     report.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the merged generator and its processor")
-    report.set_defaults(run=run_report)
