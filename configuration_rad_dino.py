@@ -37,8 +37,14 @@ class RadDinoConfig(Dinov2Config):
         Number of linear layers in the head MLP.
     ibot_separate_head (`bool`, defaults to `False`):
         Whether iBOT uses its own head (DINOv2 ViT-B shares the DINO head).
+    ibot_head_hidden_size (`int`, defaults to 2048):
+        Hidden width of the iBOT head MLP when it is separate.
+    ibot_head_bottleneck_size (`int`, defaults to 256):
+        Output width of the iBOT head MLP when it is separate.
     ibot_head_n_prototypes (`int`, defaults to 65536):
         Number of prototypes of the iBOT head when it is separate.
+    ibot_head_n_layers (`int`, defaults to 3):
+        Number of linear layers in the iBOT head MLP when it is separate.
     pooling (`str`, defaults to `"cls_mean"`):
         Image features of `RadDinoForImageClassification`: `"cls_mean"` (CLS and mean patch token concatenated, as
         `Dinov2ForImageClassification`, so such checkpoints load in stock transformers), `"cls"`, or `"attention"`
@@ -65,7 +71,10 @@ class RadDinoConfig(Dinov2Config):
     dino_head_n_prototypes: int = 65536
     dino_head_n_layers: int = 3
     ibot_separate_head: bool = False
+    ibot_head_hidden_size: int = 2048
+    ibot_head_bottleneck_size: int = 256
     ibot_head_n_prototypes: int = 65536
+    ibot_head_n_layers: int = 3
     pooling: str = "cls_mean"
     segmentation_decoder: str = "linear"
 

@@ -196,14 +196,14 @@ def load_original(
     _load_exactly(model, original_to_hf_backbone(backbone), str(backbone_path))
     dino_head = None
     if head is not None:
-        dino_head = DinoHead.from_config(config)
+        dino_head = DinoHead(config)
         _load_exactly(dino_head, original_to_hf_head(head), str(head_path))
     return model, dino_head
 
 
 def load_dino_head(path: str | Path, config: RadDinoConfig) -> DinoHead:
     """Load a `dino_head.safetensors` (original names) into a `DinoHead` sized by `config`."""
-    head = DinoHead.from_config(config)
+    head = DinoHead(config)
     _load_exactly(head, original_to_hf_head(load_file(str(path))), str(path))
     return head
 

@@ -31,7 +31,7 @@ def training_section(recipe: RecipeConfig, summary: dict) -> str:
         f"| data | {', '.join(f'`{source}`' for source in recipe.train.data_sources) or 'n/a'} |",
         f"| iterations | {summary.get('step', 'n/a')} |",
         f"| images seen | {summary.get('images_seen', 'n/a')} |",
-        f"| global batch | {recipe.train.global_batch_size} |",
+        f"| global batch | {recipe.train.global_batch_size(summary['world_size'])} |",
         f"| crops | 2 × {recipe.crops.global_crops_size} px + {recipe.crops.local_crops_number} × "
         f"{recipe.crops.local_crops_size} px |",
         f"| skipped unreadable samples | {summary.get('skipped_samples', 'n/a')} |",
@@ -53,18 +53,12 @@ def export_teacher(
 ) -> Path:
     """Write the teacher backbone (release format), its DINO head, a processor and a filled-in model card.
 
-    The processor resizes and crops to the global crop size of the run (position embeddings interpolate)."""
+    The config written is the teacher's, unchanged (`ssl_model.make_teacher`): it describes the shipped
+    `dino_head.safetensors`, so `load_dino_head(path, config)` rebuilds it. `summary` is the trainer's run summary
+    (`world_size` and counters). The processor resizes and crops to the global crop size of the run (position
+    embeddings interpolate)."""
     output_dir = Path(output_dir)
-    backbone = teacher.backbone
-    backbone.config.drop_path_rate = 0.0
-    # The config describes the shipped dino_head.safetensors, so `load_dino_head(path, config)` rebuilds it.
-    backbone.config.dino_head_n_prototypes = recipe.dino.head_n_prototypes
-    backbone.config.dino_head_hidden_size = recipe.dino.head_hidden_dim
-    backbone.config.dino_head_bottleneck_size = recipe.dino.head_bottleneck_dim
-    backbone.config.dino_head_n_layers = recipe.dino.head_nlayers
-    backbone.config.ibot_separate_head = recipe.ibot.separate_head
-    backbone.config.ibot_head_n_prototypes = recipe.ibot.head_n_prototypes
-    backbone.save_pretrained(output_dir)
+    teacher.backbone.save_pretrained(output_dir)
     save_dino_head(teacher.dino_head, output_dir / DINO_HEAD_FILENAME)
     size = recipe.crops.global_crops_size  # the resolution it was last trained at (518 after RAD-DINO's stage 2)
     RadDinoImageProcessor(

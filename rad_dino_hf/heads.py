@@ -23,32 +23,25 @@ def _build_mlp(n_layers: int, in_dim: int, hidden_dim: int, bottleneck_dim: int)
 
 
 class DinoHead(nn.Module):
-    """DINO / iBOT projection head: `(..., in_dim)` features to `(..., n_prototypes)` logits."""
+    """DINO / iBOT projection head: `(..., hidden_size)` features to `(..., n_prototypes)` logits.
 
-    def __init__(
-        self,
-        in_dim: int = 768,
-        n_prototypes: int = 65536,
-        hidden_dim: int = 2048,
-        bottleneck_dim: int = 256,
-        n_layers: int = 3,
-    ) -> None:
+    Its shape comes from `config`: the `dino_head_*` fields for the image-level head, the `ibot_head_*` fields for
+    the separate patch-level head (`patch_head=True`; DINOv2 ViT-L/g, with `ibot_separate_head`).
+    """
+
+    def __init__(self, config: RadDinoConfig, patch_head: bool = False) -> None:
         super().__init__()
-        self.mlp = _build_mlp(max(n_layers, 1), in_dim, hidden_dim, bottleneck_dim)
+        if patch_head:
+            n_prototypes, hidden_size = config.ibot_head_n_prototypes, config.ibot_head_hidden_size
+            bottleneck_size, n_layers = config.ibot_head_bottleneck_size, config.ibot_head_n_layers
+        else:
+            n_prototypes, hidden_size = config.dino_head_n_prototypes, config.dino_head_hidden_size
+            bottleneck_size, n_layers = config.dino_head_bottleneck_size, config.dino_head_n_layers
+        self.mlp = _build_mlp(max(n_layers, 1), config.hidden_size, hidden_size, bottleneck_size)
         self.apply(self._init_weights)
-        self.last_layer = weight_norm(nn.Linear(bottleneck_dim, n_prototypes, bias=False))
+        self.last_layer = weight_norm(nn.Linear(bottleneck_size, n_prototypes, bias=False))
         with torch.no_grad():
             self.last_layer.parametrizations.weight.original0.fill_(1.0)
-
-    @classmethod
-    def from_config(cls, config: RadDinoConfig, n_prototypes: int | None = None) -> "DinoHead":
-        return cls(
-            in_dim=config.hidden_size,
-            n_prototypes=n_prototypes or config.dino_head_n_prototypes,
-            hidden_dim=config.dino_head_hidden_size,
-            bottleneck_dim=config.dino_head_bottleneck_size,
-            n_layers=config.dino_head_n_layers,
-        )
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -58,7 +51,7 @@ class DinoHead(nn.Module):
                 nn.init.zeros_(module.bias)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """`(..., in_dim)` -> `(..., n_prototypes)` logits (before temperature)."""
+        """`(..., hidden_size)` -> `(..., n_prototypes)` logits (before temperature)."""
         bottleneck = self.mlp(features)
         eps = 1e-6 if bottleneck.dtype == torch.float16 else 1e-12
         bottleneck = nn.functional.normalize(bottleneck, dim=-1, p=2, eps=eps)

@@ -4,7 +4,6 @@ Mirrors ``dinov2/utils/utils.py::CosineScheduler``, ``dinov2/utils/param_groups.
 ``dinov2/train/train.py::{build_schedulers, apply_optim_scheduler}`` (facebookresearch/dinov2).
 """
 
-import math
 import re
 from collections import defaultdict
 from collections.abc import Iterable
@@ -56,14 +55,6 @@ class CosineScheduler:
 
     def __len__(self) -> int:
         return self.total_iters
-
-
-def scaled_lr(base_lr: float, batch_size: int) -> float:
-    """DINOv2's ``sqrt_wrt_1024`` rule: ``base_lr * sqrt(global_batch_size / 1024)``.
-
-    ``base_lr`` is the lr for a global batch of 1024 (DINOv2 default 0.004).
-    """
-    return base_lr * math.sqrt(batch_size / 1024.0)
 
 
 # HF Dinov2Model names; the optional prefix (e.g. "backbone.", "student.backbone.") is allowed.
@@ -198,17 +189,18 @@ def apply_schedules(optimizer: torch.optim.Optimizer, lr: float, wd: float, last
         group["weight_decay"] = wd * group.get("wd_multiplier", 1.0)
 
 
-def build_schedules(cfg: "Any", iters_per_epoch: int | None = None) -> dict[str, CosineScheduler]:
+def build_schedules(cfg: "Any", world_size: int) -> dict[str, CosineScheduler]:
     """The five DINOv2 schedules from a :class:`rad_dino_hf.recipe.RecipeConfig` (``build_schedulers``).
 
-    Returns a dict with ``lr`` (warmup 0 -> scaled lr, cosine to ``min_lr``), ``wd`` (cosine
+    ``world_size`` (data-parallel processes, known at run time) sets the global batch the lr is scaled to.
+    Returns a dict with ``lr`` (warmup 0 -> ``optim.resolved_lr``, cosine to ``min_lr``), ``wd`` (cosine
     ``weight_decay -> weight_decay_end``), ``momentum`` (teacher EMA, cosine to 1.0), ``teacher_temp``
     (linear warmup then constant) and ``last_layer_lr`` (= lr schedule with zeros during
     ``freeze_last_layer_epochs``).
     """
-    epoch_len = iters_per_epoch or cfg.train.official_epoch_length
+    epoch_len = cfg.train.official_epoch_length
     total = cfg.optim.epochs * epoch_len
-    lr = cfg.optim.resolved_lr(cfg.train.global_batch_size)
+    lr = cfg.optim.resolved_lr(cfg.train.global_batch_size(world_size))
     lr_kwargs = dict(
         base_value=lr,
         final_value=cfg.optim.min_lr,

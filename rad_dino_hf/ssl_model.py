@@ -10,6 +10,7 @@ DINOv2's loss terms from one multi-crop batch, as `dinov2/train/ssl_meta_arch.py
 """
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -20,36 +21,57 @@ from modeling_rad_dino import RadDinoModel
 from rad_dino_hf.convert import load_dino_head, load_original
 from rad_dino_hf.heads import DinoHead
 from rad_dino_hf.losses import DINOLoss, KoLeoLoss, iBOTPatchLoss
-from rad_dino_hf.losses.dino_clstoken_loss import dino_crossview_loss
-from rad_dino_hf.losses.ibot_patch_loss import masks_weight_from_masks
 from rad_dino_hf.recipe import RecipeConfig
 
 
-class SelfDistillationNetwork(nn.Module):
-    """Backbone + projection heads. Parameter names start with `backbone.`, `dino_head.`, `ibot_head.`."""
+def model_config(recipe: RecipeConfig, backbone_config: RadDinoConfig | None = None) -> RadDinoConfig:
+    """The run's architecture: the one `RadDinoConfig` the student, the teacher and the export are built from.
 
-    def __init__(self, backbone: RadDinoModel, recipe: RecipeConfig) -> None:
+    Backbone fields come from `backbone_config` (the pretrained checkpoint's) or, when it is None, from the recipe's
+    random-architecture fields (`student.hidden_size`, ...; image size = the global crop size). Head fields and the
+    student's `drop_path_rate` always come from the recipe, whose head keys are the config's field names within
+    their section: `dino.head_n_layers` is `dino_head_n_layers`, `ibot.separate_head` is `ibot_separate_head`.
+    """
+    student = recipe.student
+    if backbone_config is None:
+        backbone = dict(
+            hidden_size=student.hidden_size,
+            num_hidden_layers=student.num_hidden_layers,
+            num_attention_heads=student.num_attention_heads,
+            patch_size=student.patch_size,
+            image_size=recipe.crops.global_crops_size,
+            layerscale_value=student.layerscale_value,
+        )
+    elif backbone_config.patch_size != student.patch_size:
+        raise ValueError(
+            f"{student.pretrained} has patch size {backbone_config.patch_size}, recipe says {student.patch_size}"
+        )
+    else:
+        backbone = backbone_config.to_dict()
+    heads = {
+        f"{section}_{key}": value
+        for section in ("dino", "ibot")
+        for key, value in dataclasses.asdict(getattr(recipe, section)).items()
+        if "head" in key
+    }
+    return RadDinoConfig.from_dict({**backbone, **heads, "drop_path_rate": student.drop_path_rate})
+
+
+class SelfDistillationNetwork(nn.Module):
+    """Backbone + projection heads, all shaped by one `RadDinoConfig` (see `model_config`).
+
+    Parameter names start with `backbone.`, `dino_head.`, `ibot_head.`.
+    """
+
+    def __init__(self, config: RadDinoConfig) -> None:
         super().__init__()
-        self.backbone = backbone
-        dim = backbone.config.hidden_size
-        self.dino_head = DinoHead(
-            dim,
-            recipe.dino.head_n_prototypes,
-            recipe.dino.head_hidden_dim,
-            recipe.dino.head_bottleneck_dim,
-            recipe.dino.head_nlayers,
-        )
-        self.ibot_head = (
-            DinoHead(
-                dim,
-                recipe.ibot.head_n_prototypes,
-                recipe.ibot.head_hidden_dim,
-                recipe.ibot.head_bottleneck_dim,
-                recipe.ibot.head_nlayers,
-            )
-            if recipe.ibot.separate_head
-            else None
-        )
+        self.backbone = RadDinoModel(config)
+        self.dino_head = DinoHead(config)
+        self.ibot_head = DinoHead(config, patch_head=True) if config.ibot_separate_head else None
+
+    @property
+    def config(self) -> RadDinoConfig:
+        return self.backbone.config
 
     @property
     def patch_head(self) -> DinoHead:
@@ -84,25 +106,40 @@ class SelfDistillationNetwork(nn.Module):
         return outputs
 
 
-def build_student_teacher(
-    backbone: RadDinoModel, recipe: RecipeConfig, dino_head: DinoHead | None = None
-) -> tuple[SelfDistillationNetwork, SelfDistillationNetwork]:
-    """Student (with stochastic depth from the recipe) and its teacher: an exact copy without drop path.
-    `dino_head`, when given, replaces the fresh DINO head (continued pretraining of a released model)."""
-    student_config: RadDinoConfig = copy.deepcopy(backbone.config)
-    student_config.drop_path_rate = recipe.student.drop_path_rate
-    student_backbone = RadDinoModel(student_config)
-    student_backbone.load_state_dict(backbone.state_dict())
-    student = SelfDistillationNetwork(student_backbone, recipe)
-    if dino_head is not None:
-        student.dino_head.load_state_dict(dino_head.state_dict())
-    teacher = copy.deepcopy(student)
-    for module in teacher.modules():  # the teacher has no stochastic depth
-        if hasattr(module, "drop_path"):
-            module.drop_path = nn.Identity()
-    teacher.backbone.config.drop_path_rate = 0.0
+def initial_student(recipe: RecipeConfig) -> SelfDistillationNetwork:
+    """The student at step 0, built from `model_config(recipe, <the pretrained backbone's config>)`.
+
+    `student.pretrained` is "random" (architecture from the recipe), an original-layout `.safetensors` backbone
+    (e.g. `backbone_compatible.safetensors`), or a HF directory / Hub id (`microsoft/rad-dino`,
+    `facebook/dinov2-base`, an export of this trainer). `student.dino_head`, when set, is a `dino_head.safetensors`
+    whose weights replace the fresh DINO head (continued pretraining of a released model).
+    """
+    pretrained = recipe.student.pretrained
+    backbone = None
+    if pretrained.endswith(".safetensors"):
+        backbone, _ = load_original(pretrained)
+    elif pretrained != "random":
+        backbone = RadDinoModel.from_pretrained(pretrained)
+    student = SelfDistillationNetwork(model_config(recipe, backbone.config if backbone is not None else None))
+    if backbone is not None:
+        student.backbone.load_state_dict(backbone.state_dict())
+    if recipe.student.dino_head:
+        student.dino_head = load_dino_head(recipe.student.dino_head, student.config)
+    return student
+
+
+def make_teacher(student: SelfDistillationNetwork) -> SelfDistillationNetwork:
+    """The EMA teacher at step 0: the student's weights, frozen, in a network without stochastic depth.
+
+    Its config is the student's with `drop_path_rate = 0` (DINOv2's teacher has none); built once here, it is the
+    config the export writes, so an exported model does not switch stochastic depth on when fine-tuned.
+    """
+    config = copy.deepcopy(student.config)
+    config.drop_path_rate = 0.0
+    teacher = SelfDistillationNetwork(config)
+    teacher.load_state_dict(student.state_dict())
     teacher.requires_grad_(False)
-    return student, teacher
+    return teacher
 
 
 @torch.no_grad()
@@ -130,14 +167,17 @@ class LossTerms:
 
 
 class SelfDistillationObjective(nn.Module):
-    """DINO + iBOT + KoLeo with teacher centering buffers (saved in `state_dict`)."""
+    """DINO + iBOT + KoLeo with teacher centering buffers (saved in `state_dict`).
 
-    def __init__(self, recipe: RecipeConfig) -> None:
+    Loss settings come from `recipe`, the prototype counts (the centers' sizes) from the networks' `config`.
+    """
+
+    def __init__(self, recipe: RecipeConfig, config: RadDinoConfig) -> None:
         super().__init__()
         self.recipe = recipe
-        self.dino_loss = DINOLoss(recipe.dino.head_n_prototypes, recipe.dino.student_temp, recipe.dino.center_momentum)
-        ibot_prototypes = recipe.ibot.head_n_prototypes if recipe.ibot.separate_head else recipe.dino.head_n_prototypes
-        self.ibot_loss = iBOTPatchLoss(ibot_prototypes, recipe.dino.student_temp, recipe.dino.center_momentum)
+        self.dino_loss = DINOLoss(config.dino_head_n_prototypes, recipe.dino.student_temp, recipe.dino.center_momentum)
+        patch_prototypes = config.ibot_head_n_prototypes if config.ibot_separate_head else config.dino_head_n_prototypes
+        self.ibot_loss = iBOTPatchLoss(patch_prototypes, recipe.dino.student_temp, recipe.dino.center_momentum)
         self.koleo_loss = KoLeoLoss()
 
     @torch.no_grad()
@@ -176,23 +216,17 @@ class SelfDistillationObjective(nn.Module):
             masks: `(n_global * B, N)` bool iBOT masks of the student's global crops (crop-major order).
             teacher_temp: current teacher temperature.
         """
-        n_global = global_crops.shape[0]
+        n_global, batch = global_crops.shape[:2]
         n_local = 0 if local_crops is None else local_crops.shape[0]
         flat_globals = global_crops.flatten(0, 1)
         teacher_cls, teacher_patches = self.teacher_targets(teacher, flat_globals, masks, teacher_temp)
         outputs = student(
             flat_globals, local_crops.flatten(0, 1) if n_local else None, masks=masks, patch_selection=masks
         )
-        dino = dino_crossview_loss(
-            self.dino_loss,
-            list(outputs["global_logits"].chunk(n_global)),
-            list(outputs["local_logits"].chunk(n_local)) if n_local else [],
-            list(teacher_cls.chunk(n_global)),
-        )
+        student_logits = torch.cat([outputs["global_logits"]] + ([outputs["local_logits"]] if n_local else []))
+        dino = self.dino_loss(student_logits.unflatten(0, (-1, batch)), teacher_cls.unflatten(0, (n_global, batch)))
         if masks.any():
-            ibot = self.ibot_loss.forward_masked(
-                outputs["patch_logits"], teacher_patches, masks, masks_weight=masks_weight_from_masks(masks)
-            )
+            ibot = self.ibot_loss(outputs["patch_logits"], teacher_patches, masks)
         else:
             ibot = outputs["patch_logits"].sum() * 0.0  # keeps the graph connected for DDP
         koleo = sum(self.koleo_loss(chunk) for chunk in outputs["cls"].chunk(n_global))
@@ -201,40 +235,3 @@ class SelfDistillationObjective(nn.Module):
         ibot = self.recipe.ibot.loss_weight * ibot
         koleo = self.recipe.dino.koleo_loss_weight * koleo
         return LossTerms(total=dino + ibot + koleo, dino=dino, ibot=ibot, koleo=koleo)
-
-
-def initial_backbone(recipe: RecipeConfig) -> tuple[RadDinoModel, DinoHead | None]:
-    """The backbone to start from (and a DINO head to continue, if the recipe names one).
-
-    `student.pretrained` is "random" (architecture from the recipe), an original-layout `.safetensors` backbone
-    (e.g. `backbone_compatible.safetensors`), or a HF directory / Hub id (`microsoft/rad-dino`,
-    `facebook/dinov2-base`, an export of this trainer).
-    """
-    student = recipe.student
-    if student.pretrained == "random":
-        config = RadDinoConfig(
-            hidden_size=student.hidden_size,
-            num_hidden_layers=student.num_hidden_layers,
-            num_attention_heads=student.num_attention_heads,
-            patch_size=student.patch_size,
-            image_size=recipe.crops.global_crops_size,
-            layerscale_value=student.layerscale,
-        )
-        backbone = RadDinoModel(config)
-    elif student.pretrained.endswith(".safetensors"):
-        backbone, _ = load_original(student.pretrained)
-    else:
-        backbone = RadDinoModel.from_pretrained(student.pretrained)
-    if backbone.config.patch_size != student.patch_size:
-        raise ValueError(
-            f"{student.pretrained} has patch size {backbone.config.patch_size}, recipe says {student.patch_size}"
-        )
-    head = None
-    if student.dino_head:
-        head_config = copy.deepcopy(backbone.config)
-        head_config.dino_head_n_prototypes = recipe.dino.head_n_prototypes
-        head_config.dino_head_hidden_size = recipe.dino.head_hidden_dim
-        head_config.dino_head_bottleneck_size = recipe.dino.head_bottleneck_dim
-        head_config.dino_head_n_layers = recipe.dino.head_nlayers
-        head = load_dino_head(student.dino_head, head_config)
-    return backbone, head

@@ -21,7 +21,6 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from modeling_rad_dino import RadDinoModel
 from rad_dino_hf.augment import MultiCropAugmentation
 from rad_dino_hf.checkpoint import TrainState, latest_checkpoint, save_checkpoint
 from rad_dino_hf.data import MultiCropMapper, build_stream, collate_crops, parse_source
@@ -35,9 +34,9 @@ from rad_dino_hf.schedules import apply_schedules, build_schedules, fuse_param_g
 from rad_dino_hf.ssl_model import (
     SelfDistillationNetwork,
     SelfDistillationObjective,
-    build_student_teacher,
     ema_update,
-    initial_backbone,
+    initial_student,
+    make_teacher,
 )
 
 logger = logging.getLogger(__name__)
@@ -64,7 +63,7 @@ class RunOptions:
 def build_dataloader(recipe: RecipeConfig, rank: int, world_size: int) -> StatefulDataLoader:
     """Stream -> decode + multi-crop (in workers) -> batches; the loader's `state_dict()` is the data position."""
     sources = [parse_source(spec) for spec in recipe.train.data_sources]
-    samples_needed = recipe.total_iterations * recipe.train.global_batch_size
+    samples_needed = recipe.total_iterations * recipe.train.global_batch_size(world_size)
     folder_files = min(
         (sum(1 for _ in Path(s.location).rglob("*")) for s in sources if s.resolved_kind() == "folder"), default=1
     )
@@ -112,7 +111,6 @@ class Pretrainer:
             gradient_accumulation_steps=recipe.train.gradient_accumulation_steps,
             mixed_precision=recipe.train.mixed_precision,
         )
-        recipe.train.world_size = self.accelerator.num_processes
         logger.info(
             "%d process(es), %s on %s, mixed precision %s",
             self.accelerator.num_processes,
@@ -123,9 +121,10 @@ class Pretrainer:
         self.recipe = recipe
         self.output_dir = Path(recipe.train.output_dir)
         set_seed(recipe.train.seed)  # identical initial weights on every rank
-        backbone, head = initial_backbone(recipe)
-        self.student, self.teacher = build_student_teacher(backbone, recipe, head)
-        self.objective = SelfDistillationObjective(recipe)
+        self.student = initial_student(recipe)
+        self.teacher = make_teacher(self.student)
+        self.config = self.student.config
+        self.objective = SelfDistillationObjective(recipe, self.config)
         groups = param_groups(
             self.student,
             recipe.optim.weight_decay,
@@ -148,7 +147,7 @@ class Pretrainer:
         set_seed(recipe.train.seed + self.accelerator.process_index)  # per-rank drop path
         self.mask_rng = random.Random(recipe.train.seed * 1000 + self.accelerator.process_index)
         self.dataloader = build_dataloader(recipe, self.accelerator.process_index, self.accelerator.num_processes)
-        self.schedules = build_schedules(recipe)
+        self.schedules = build_schedules(recipe, self.accelerator.num_processes)
         self.stop_at = min(recipe.total_iterations, recipe.train.max_iterations or recipe.total_iterations)
         self.checkpoint_root = self.output_dir / "checkpoints"
         is_main = self.accelerator.is_main_process
@@ -191,7 +190,7 @@ class Pretrainer:
         global_crops = batch["global_crops"].to(device)
         local_crops = batch["local_crops"].to(device) if batch["local_crops"] is not None else None
         n_global, batch_size = global_crops.shape[:2]
-        grid = global_crops.shape[-1] // recipe.student.patch_size
+        grid = global_crops.shape[-1] // self.config.patch_size
         masks = sample_batch_masks(
             n_global * batch_size,
             (grid, grid),
@@ -357,8 +356,7 @@ class Pretrainer:
         if accelerator.is_main_process:
             teacher = self.teacher
             if teacher_state is not None:  # gather the FSDP shards into a plain copy for export
-                config = accelerator.unwrap_model(self.teacher).backbone.config
-                teacher = SelfDistillationNetwork(RadDinoModel(config), self.recipe)
+                teacher = SelfDistillationNetwork(accelerator.unwrap_model(self.teacher).config)
                 teacher.load_state_dict(teacher_state)
             export_teacher(teacher, export_dir, self.recipe, summary)
             if metrics_path.exists():

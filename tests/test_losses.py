@@ -7,15 +7,8 @@ import pytest
 import torch
 from scipy.spatial.distance import cdist
 
-from rad_dino_hf.losses import (
-    DEFAULT_KOLEO_WEIGHT,
-    DINOLoss,
-    KoLeoLoss,
-    dino_crossview_loss,
-    dino_loss_num_terms,
-    iBOTPatchLoss,
-    masks_weight_from_masks,
-)
+from rad_dino_hf.losses import DINOLoss, KoLeoLoss, iBOTPatchLoss
+from rad_dino_hf.losses.ibot_patch_loss import masks_weight_from_masks
 
 STUDENT_T = [[0.2, -0.1, 0.05], [-0.3, 0.4, 0.0]]  # (2, 3) student logits
 TEACHER_P = [[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]]  # (2, 3) teacher probabilities
@@ -47,33 +40,34 @@ def textbook_sinkhorn(logits, temp, n_iter):
 # ----------------------------------------------------------------------------- DINO
 
 
-def test_dino_loss_matches_hand_cross_entropy():
-    loss = DINOLoss(out_dim=3)
-    s, t = torch.tensor(STUDENT_T), torch.tensor(TEACHER_P)
-    assert loss([s], [t]).item() == pytest.approx(ce_mean(STUDENT_T, TEACHER_P), rel=1e-6)
-    # all pairs are summed: 2 students x 2 teachers
+def test_dino_loss_two_global_crops_matches_hand_cross_entropy():
+    # no local crops: student crop A against teacher crop B and B against A, averaged
     s2 = [[0.0, 0.1, -0.2], [0.3, -0.3, 0.1]]
     t2 = [[0.25, 0.25, 0.5], [0.6, 0.2, 0.2]]
-    expected = sum(ce_mean(a, b) for a in (STUDENT_T, s2) for b in (TEACHER_P, t2))
-    got = loss([s, torch.tensor(s2)], [t, torch.tensor(t2)]).item()
+    expected = (ce_mean(STUDENT_T, t2) + ce_mean(s2, TEACHER_P)) / 2
+    got = DINOLoss(out_dim=3)(torch.tensor([STUDENT_T, s2]), torch.tensor([TEACHER_P, t2])).item()
     assert got == pytest.approx(expected, rel=1e-6)
 
 
-def test_dino_crossview_excludes_same_crop_and_averages():
+@pytest.mark.parametrize("n_local", [3, 8])
+def test_dino_loss_excludes_same_crop_and_averages(n_local):
     gen = torch.Generator().manual_seed(0)
-    n_global, n_local, b, k = 2, 3, 2, 3
+    n_global, b, k = 2, 2, 3
     sg = [torch.randn(b, k, generator=gen) * 0.3 for _ in range(n_global)]
     sl = [torch.randn(b, k, generator=gen) * 0.3 for _ in range(n_local)]
     tg = [torch.softmax(torch.randn(b, k, generator=gen), -1) for _ in range(n_global)]
     pairs = [(s, tg[j]) for i, s in enumerate(sg) for j in range(n_global) if j != i]
     pairs += [(s, t) for s in sl for t in tg]
-    assert len(pairs) == dino_loss_num_terms(n_global, n_local) == 8
+    assert len(pairs) == {3: 8, 8: 18}[n_local]  # DINOv2's count: n_g * (n_g + n_l) - n_g
     expected = sum(ce_mean(s.tolist(), t.tolist()) for s, t in pairs) / len(pairs)
-    got = dino_crossview_loss(DINOLoss(k), sg, sl, tg).item()
+    got = DINOLoss(k)(torch.stack(sg + sl), torch.stack(tg)).item()
     assert got == pytest.approx(expected, rel=1e-5)
-    assert dino_loss_num_terms(2, 8) == 18
-    with pytest.raises(ValueError):
-        dino_loss_num_terms(1, 0)
+
+
+def test_dino_loss_without_pairs_is_an_error():
+    one_crop = torch.zeros(1, 2, 3)
+    with pytest.raises(ValueError, match="no DINO pairs"):
+        DINOLoss(3)(one_crop, torch.full((1, 2, 3), 1 / 3))
 
 
 def test_softmax_center_teacher_and_center_update():
@@ -109,7 +103,7 @@ def test_sinkhorn_matches_textbook_and_row_column_sums():
 # ----------------------------------------------------------------------------- iBOT
 
 
-def test_ibot_forward_masked_per_image_weighting():
+def test_ibot_loss_per_image_weighting():
     # 3 images x 4 patches: image 0 has 1 masked patch, image 1 has 3, image 2 none
     masks = torch.tensor([[0, 1, 0, 0], [1, 1, 0, 1], [0, 0, 0, 0]], dtype=torch.bool)
     student = [[0.2, -0.1, 0.05], [-0.3, 0.4, 0.0], [0.1, 0.1, -0.2], [0.0, 0.3, 0.2]]  # (M=4, K=3)
@@ -117,13 +111,9 @@ def test_ibot_forward_masked_per_image_weighting():
     ce = [ce_row(s, t) for s, t in zip(student, teacher)]
     expected = (ce[0] / 1 + (ce[1] + ce[2] + ce[3]) / 3 + 0.0) / 3
     loss = iBOTPatchLoss(patch_out_dim=3)
-    got = loss.forward_masked(torch.tensor(student), torch.tensor(teacher), masks).item()
+    got = loss(torch.tensor(student), torch.tensor(teacher), masks).item()
     assert got == pytest.approx(expected, rel=1e-6)
     assert masks_weight_from_masks(masks).tolist() == pytest.approx([1.0, 1 / 3, 1 / 3, 1 / 3])
-    # dense variant on (B, N, K) tokens gives the same value
-    dense_s, dense_t = torch.zeros(3, 4, 3), torch.full((3, 4, 3), 1 / 3)
-    dense_s[masks], dense_t[masks] = torch.tensor(student), torch.tensor(teacher)
-    assert loss(dense_s, dense_t, masks).item() == pytest.approx(expected, rel=1e-6)
 
 
 def test_ibot_center_and_sinkhorn():
@@ -150,7 +140,6 @@ def test_koleo_matches_scipy_nearest_neighbour():
     expected = -np.mean(np.log(d.min(axis=1) + 1e-8))
     got = KoLeoLoss()(torch.tensor(pts, dtype=torch.float32)).item()
     assert got == pytest.approx(expected, rel=1e-5)
-    assert DEFAULT_KOLEO_WEIGHT == 0.1
 
 
 def test_koleo_gradient_spreads_points():

@@ -15,8 +15,13 @@ from safetensors.torch import load_file
 from transformers import AutoModel, Dinov2Model
 
 import train_pretrain
+from configuration_rad_dino import RadDinoConfig
+from modeling_rad_dino import RadDinoModel
 from rad_dino_hf import ssl_model
 from rad_dino_hf.checkpoint import latest_checkpoint
+from rad_dino_hf.convert import DINO_HEAD_FILENAME, load_dino_head
+from rad_dino_hf.heads import DinoHead
+from rad_dino_hf.recipe import RecipeConfig
 from rad_dino_hf.trainer import NonFiniteLossError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -31,8 +36,8 @@ TINY_RECIPE = {
         "drop_path_rate": 0.1,
     },
     "crops": {"global_crops_size": 56, "local_crops_size": 28, "local_crops_number": 2},
-    "dino": {"head_n_prototypes": 64, "head_hidden_dim": 32, "head_bottleneck_dim": 16},
-    "ibot": {"head_n_prototypes": 64, "head_hidden_dim": 32, "head_bottleneck_dim": 16},
+    "dino": {"head_n_prototypes": 64, "head_hidden_size": 32, "head_bottleneck_size": 16},
+    "ibot": {"head_n_prototypes": 64, "head_hidden_size": 32, "head_bottleneck_size": 16},
     "optim": {"epochs": 4, "warmup_epochs": 1, "freeze_last_layer_epochs": 1},
     "teacher": {"warmup_teacher_temp_epochs": 1},
     "train": {
@@ -90,6 +95,14 @@ def test_export_loads_as_plain_dinov2(tmp_path, images):
     }
     model = AutoModel.from_pretrained(export).eval()
     assert type(model) is Dinov2Model and model.config.hidden_size == 32
+    ours = RadDinoModel.from_pretrained(export).eval()
+    pixels = torch.randn(2, 3, 56, 56, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(model(pixels).last_hidden_state, ours(pixels).last_hidden_state)
+    # The teacher's config, as trained: the recipe's heads, no stochastic depth; it rebuilds the shipped head.
+    config = json.loads((export / "config.json").read_text())
+    assert (config["dino_head_n_prototypes"], config["dino_head_hidden_size"], config["drop_path_rate"]) == (64, 32, 0)
+    head = load_dino_head(export / DINO_HEAD_FILENAME, ours.config)
+    assert head.last_layer.weight.shape == (64, 16)
     assert "## This checkpoint" in (export / "README.md").read_text()
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2]
@@ -231,15 +244,20 @@ def test_two_process_ddp_keeps_replicas_identical(tmp_path, images, free_port):
 
 def test_initialisation_from_original_files_and_from_export(tmp_path, images):
     """Continue pretraining from original-layout backbone + DINO head files, then from a HF export directory."""
-    from configuration_rad_dino import RadDinoConfig
-    from modeling_rad_dino import RadDinoModel
     from rad_dino_hf import convert
-    from rad_dino_hf.heads import DinoHead
 
-    config = RadDinoConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=1, image_size=56)
+    config = RadDinoConfig(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=1,
+        image_size=56,
+        dino_head_n_prototypes=64,
+        dino_head_hidden_size=32,
+        dino_head_bottleneck_size=16,
+    )
     torch.manual_seed(7)
     backbone = RadDinoModel(config)
-    head = DinoHead(in_dim=64, n_prototypes=64, hidden_dim=32, bottleneck_dim=16, n_layers=3)
+    head = DinoHead(config)
     convert.save_original_backbone(backbone, tmp_path / convert.BACKBONE_FILENAME)
     convert.save_dino_head(head, tmp_path / convert.DINO_HEAD_FILENAME)
 
@@ -291,3 +309,30 @@ def test_push_to_hub_uploads_the_export(tmp_path, images, monkeypatch):
     run(write_recipe(tmp_path, images), "--set", "train.max_iterations=1", "--push-to-hub", "someone/cxr-dino")
     assert calls["repo"] == ("someone/cxr-dino", True)
     assert {"config.json", "model.safetensors", "dino_head.safetensors", "README.md"} <= set(calls["files"])
+
+
+def test_model_config_takes_heads_from_the_recipe_and_the_backbone_from_its_source():
+    recipe = RecipeConfig.from_dict(
+        {
+            **TINY_RECIPE,
+            "ibot": {"separate_head": True, "head_n_prototypes": 40, "head_hidden_size": 24, "head_n_layers": 2},
+        }
+    )
+    random = ssl_model.model_config(recipe)
+    assert (random.hidden_size, random.num_hidden_layers, random.image_size, random.drop_path_rate) == (32, 2, 56, 0.1)
+    dino_head = (random.dino_head_n_prototypes, random.dino_head_hidden_size, random.dino_head_bottleneck_size)
+    assert dino_head == (64, 32, 16)
+    assert (random.ibot_separate_head, random.ibot_head_n_prototypes, random.ibot_head_hidden_size) == (True, 40, 24)
+    assert (random.ibot_head_bottleneck_size, random.ibot_head_n_layers) == (256, 2)  # 256: recipe default
+    network = ssl_model.SelfDistillationNetwork(random)
+    # separate iBOT head: Linear(32 -> 24), GELU, Linear(24 -> 256), then 256 -> 40 prototypes
+    assert [tuple(m.weight.shape) for m in network.ibot_head.mlp if hasattr(m, "weight")] == [(24, 32), (256, 24)]
+    assert network.ibot_head.last_layer.weight.shape == (40, 256)
+    assert network.dino_head.last_layer.weight.shape == (64, 16)
+
+    pretrained = RadDinoConfig(hidden_size=48, num_hidden_layers=3, num_attention_heads=3, image_size=518)
+    derived = ssl_model.model_config(recipe, pretrained)
+    assert (derived.hidden_size, derived.num_hidden_layers, derived.image_size) == (48, 3, 518)
+    assert (derived.dino_head_n_prototypes, derived.drop_path_rate) == (64, 0.1)
+    with pytest.raises(ValueError, match="patch size"):
+        ssl_model.model_config(recipe, RadDinoConfig(patch_size=16))

@@ -14,7 +14,6 @@ from rad_dino_hf.schedules import (
     build_schedules,
     fuse_param_groups,
     param_groups,
-    scaled_lr,
 )
 
 
@@ -36,15 +35,21 @@ def test_freeze_iters_give_zeros():
     assert s[7] == pytest.approx(0.1) and s[11] == pytest.approx(0.5)
 
 
-def test_scaled_lr():
-    assert scaled_lr(0.004, 1024) == pytest.approx(0.004)
-    assert scaled_lr(0.004, 2560) == pytest.approx(0.004 * math.sqrt(2.5))
+def test_lr_follows_the_sqrt_rule_of_the_global_batch():
+    optim = RecipeConfig().optim
+    assert optim.resolved_lr(1024) == pytest.approx(0.004)
+    assert optim.resolved_lr(2560) == pytest.approx(0.004 * math.sqrt(2.5))
+    optim.lr = 0.01  # an explicit lr is used as-is
+    assert optim.resolved_lr(2560) == 0.01
+    train = apply_overrides(RecipeConfig(), ["train.gradient_accumulation_steps=2"]).train
+    assert train.global_batch_size(world_size=4) == 64 * 4 * 2
 
 
 def test_recipe_schedules():
     cfg = apply_overrides(RecipeConfig(), ["train.official_epoch_length=10", "optim.epochs=40"])
-    s = build_schedules(cfg)
+    s = build_schedules(cfg, world_size=1)
     peak = 0.004 * math.sqrt(64 / 1024)
+    assert build_schedules(cfg, world_size=4)["lr"][99] == pytest.approx(0.004 * math.sqrt(4 * 64 / 1024))
     assert s["lr"][0] == 0.0 and s["lr"][99] == pytest.approx(peak) and s["lr"][100] == pytest.approx(peak)
     assert s["lr"][400] == pytest.approx(1e-6)
     assert all(s["last_layer_lr"][i] == 0.0 for i in range(10)) and s["last_layer_lr"][10] == s["lr"][10]

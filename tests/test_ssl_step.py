@@ -8,11 +8,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from modeling_rad_dino import RadDinoModel
 from rad_dino_hf.losses import DINOLoss, iBOTPatchLoss
 from rad_dino_hf.losses import _dist
 from rad_dino_hf.recipe import RecipeConfig
-from rad_dino_hf.ssl_model import SelfDistillationObjective, build_student_teacher, ema_update
+from rad_dino_hf.ssl_model import (
+    SelfDistillationNetwork,
+    SelfDistillationObjective,
+    ema_update,
+    make_teacher,
+    model_config,
+)
 
 N_GLOBAL, N_LOCAL, BATCH, GRID = 2, 2, 3, 4  # 56 px global crops / patch 14 -> 4 x 4 patches
 WEIGHTS = {"dino": 0.7, "ibot": 1.3, "koleo": 0.2}  # distinct, so a swapped or dropped weight changes the total
@@ -25,8 +30,8 @@ def networks(tiny_config):
     recipe = RecipeConfig.from_dict(
         {
             "student": {"drop_path_rate": 0.3},
-            "dino": {"head_n_prototypes": 24, "head_hidden_dim": 32, "head_bottleneck_dim": 16},
-            "ibot": {"head_n_prototypes": 24, "head_hidden_dim": 32, "head_bottleneck_dim": 16},
+            "dino": {"head_n_prototypes": 24, "head_hidden_size": 32, "head_bottleneck_size": 16},
+            "ibot": {"head_n_prototypes": 24, "head_hidden_size": 32, "head_bottleneck_size": 16},
         }
     )
     recipe.dino.loss_weight, recipe.ibot.loss_weight = WEIGHTS["dino"], WEIGHTS["ibot"]
@@ -34,10 +39,10 @@ def networks(tiny_config):
     recipe.dino.student_temp = STUDENT_TEMP
     recipe.train.centering = "centering"
     torch.manual_seed(0)
-    backbone = RadDinoModel(tiny_config)
+    student = SelfDistillationNetwork(model_config(recipe, tiny_config))
     with torch.no_grad():
-        backbone.embeddings.mask_token.normal_()  # a zero mask token would hide a missing mask
-    student, teacher = build_student_teacher(backbone, recipe)
+        student.backbone.embeddings.mask_token.normal_()  # a zero mask token would hide a missing mask
+    teacher = make_teacher(student)
     with torch.no_grad():  # the teacher lags the student in real training; equal weights would hide a swap
         for parameter in teacher.parameters():
             parameter.add_(0.05 * torch.randn_like(parameter))
@@ -107,7 +112,7 @@ def test_one_step_equals_the_hand_computation(networks):
     expected = _hand_loss(student, teacher, global_crops, local_crops, masks)
 
     teacher_calls, student_calls = _record_backbone_calls(teacher), _record_backbone_calls(student)
-    objective = SelfDistillationObjective(recipe)
+    objective = SelfDistillationObjective(recipe, student.config)
     terms = objective(student, teacher, global_crops, local_crops, masks, TEACHER_TEMP)
 
     [(teacher_pixels, teacher_mask)] = teacher_calls  # one teacher pass, on the global crops, never masked

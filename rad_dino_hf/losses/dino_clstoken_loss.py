@@ -1,37 +1,21 @@
 """Image-level (CLS token) DINO loss with EMA centering or Sinkhorn-Knopp teacher normalisation.
 
-Mirrors ``dinov2/loss/dino_clstoken_loss.py`` (facebookresearch/dinov2), with two deliberate
-differences, both numerically equivalent for the DINOv2 call order
+Mirrors ``dinov2/loss/dino_clstoken_loss.py`` (facebookresearch/dinov2), with three deliberate
+differences, all numerically equivalent for the DINOv2 call order
 (``softmax_center_teacher`` then ``update_center`` on the same batch):
 
+* ``forward`` takes all crops at once and does the pairing and averaging that DINOv2's
+  ``ssl_meta_arch`` does around its loss calls;
 * the center update is applied eagerly in ``update_center`` (DINOv2 launches an async all-reduce and
   applies it lazily at the next ``softmax_center_teacher``);
 * distributed calls are guarded by ``dist.is_available() and dist.is_initialized()``.
 """
-
-from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from rad_dino_hf.losses._dist import all_reduce_sum_, sinkhorn_knopp, world_size
-
-
-def dino_loss_num_terms(n_global_crops: int, n_local_crops: int) -> int:
-    """Number of (student crop, teacher crop) pairs DINOv2 averages the DINO loss over.
-
-    Every student crop (global or local) is compared with every teacher global crop, except a global
-    crop with itself: ``n_global * (n_global + n_local) - n_global``
-    (= ``(n_g - 1) * n_g + n_l * n_g``; 18 for 2 global + 8 local crops).
-
-    Note: DINOv2's ``ssl_meta_arch`` uses ``max(n_local * n_global, 1)`` for the local part, i.e. it
-    counts one phantom term when there are no local crops; we count pairs exactly.
-    """
-    n_terms = n_global_crops * (n_global_crops + n_local_crops) - n_global_crops
-    if n_terms <= 0:
-        raise ValueError(f"no valid DINO pairs for n_global={n_global_crops}, n_local={n_local_crops}")
-    return n_terms
 
 
 class DINOLoss(nn.Module):
@@ -83,30 +67,32 @@ class DINOLoss(nn.Module):
         """
         return sinkhorn_knopp(teacher_logits, teacher_temp, None, n_iterations)
 
-    def forward(
-        self, student_logits_list: Sequence[torch.Tensor], teacher_probs_list: Sequence[torch.Tensor]
-    ) -> torch.Tensor:
-        """Sum over ALL (student, teacher) pairs of the batch-mean cross-entropy.
+    def forward(self, student_logits: torch.Tensor, teacher_probs: torch.Tensor) -> torch.Tensor:
+        """DINOv2's multi-crop DINO term: every student crop against every teacher global crop but its own.
 
-        ``loss = sum_s sum_t mean_b( -sum_k t[b,k] * log_softmax(s[b] / student_temp)[k] )``
-
-        Same-crop pairs are NOT excluded here (as in DINOv2): the caller decides which pairs to pass
-        (DINOv2 passes the teacher globals swapped so global crop A is matched to B), and normalises
-        by :func:`dino_loss_num_terms`. :func:`dino_crossview_loss` does both.
+        ``loss = mean_{(s, t), s != t} mean_b( -sum_k teacher_probs[t, b, k] * log_softmax(student_logits[s, b] /
+        student_temp)[k] )`` over the ``n_global * S - n_global`` pairs (18 for 2 global + 8 local crops): the value
+        of DINOv2's ``dino_local_crops_loss + dino_global_crops_loss`` before ``dino.loss_weight`` (DINOv2 counts one
+        phantom local pair when there are no local crops; the pairs are counted exactly here).
 
         Args:
-            student_logits_list: list of (B, K) student head outputs (one per crop).
-            teacher_probs_list: list of (B, K) teacher probabilities (one per teacher global crop).
+            student_logits: (S, B, K) student head outputs: the n_global global crops first, in the teacher's
+                order, then the local crops.
+            teacher_probs: (n_global, B, K) teacher probabilities of the global crops.
 
         Returns:
-            scalar loss (unnormalised by the number of pairs).
+            scalar loss.
         """
-        total_loss = torch.zeros((), device=student_logits_list[0].device)
-        for s in student_logits_list:
-            lsm = F.log_softmax(s.float() / self.student_temp, dim=-1)
-            for t in teacher_probs_list:
-                total_loss = total_loss - torch.sum(t * lsm, dim=-1).mean()
-        return total_loss
+        n_global, batch = teacher_probs.shape[:2]
+        n_pairs = n_global * student_logits.shape[0] - n_global
+        if n_pairs <= 0:
+            raise ValueError(f"no DINO pairs for {n_global} teacher and {student_logits.shape[0]} student crops")
+        # float32 throughout: each pair's cross-entropy sums B * K products, too many for bf16 autocast.
+        with torch.autocast(device_type=student_logits.device.type, enabled=False):
+            log_probs = F.log_softmax(student_logits.float() / self.student_temp, dim=-1)
+            cross = teacher_probs.float().flatten(1) @ log_probs.flatten(1).T  # (n_global, S): -CE summed over B
+            same_crop = torch.eye(*cross.shape, dtype=torch.bool, device=cross.device)
+            return -cross.masked_fill(same_crop, 0.0).sum() / (batch * n_pairs)
 
     @torch.no_grad()
     def update_center(self, teacher_logits: torch.Tensor) -> None:
@@ -119,36 +105,3 @@ class DINOLoss(nn.Module):
         batch_sum = all_reduce_sum_(torch.sum(teacher_logits.float(), dim=0, keepdim=True))
         batch_center = batch_sum / (teacher_logits.shape[0] * world_size())
         self.center.mul_(self.center_momentum).add_(batch_center * (1 - self.center_momentum))
-
-
-def dino_crossview_loss(
-    loss: DINOLoss,
-    student_global_logits: Sequence[torch.Tensor],
-    student_local_logits: Sequence[torch.Tensor],
-    teacher_global_probs: Sequence[torch.Tensor],
-) -> torch.Tensor:
-    """DINOv2's full multi-crop DINO term: all cross-view pairs, averaged over the number of pairs.
-
-    Student global crop i is paired with every teacher global crop j != i; every student local crop
-    with every teacher global crop. The sum of per-pair batch-mean cross-entropies is divided by
-    :func:`dino_loss_num_terms` -- the same value as DINOv2's ``dino_local_crops_loss +
-    dino_global_crops_loss`` (before ``dino.loss_weight``).
-
-    Args:
-        loss: the :class:`DINOLoss` (for ``student_temp``).
-        student_global_logits: n_global tensors (B, K).
-        student_local_logits: n_local tensors (B, K).
-        teacher_global_probs: n_global tensors (B, K), in the same crop order as the student globals.
-
-    Returns:
-        scalar loss.
-    """
-    n_global = len(teacher_global_probs)
-    if len(student_global_logits) != n_global:
-        raise ValueError(f"{len(student_global_logits)} student globals vs {n_global} teacher globals")
-    total = loss(list(student_local_logits), list(teacher_global_probs)) if student_local_logits else 0.0
-    for i, s in enumerate(student_global_logits):
-        others = [t for j, t in enumerate(teacher_global_probs) if j != i]
-        if others:
-            total = total + loss([s], others)
-    return total / dino_loss_num_terms(n_global, len(student_local_logits))

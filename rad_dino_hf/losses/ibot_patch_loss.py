@@ -1,7 +1,8 @@
 """Patch-level iBOT loss on masked patch tokens, mirroring ``dinov2/loss/ibot_patch_loss.py``.
 
-Differences from DINOv2 (equivalent for its call order): eager center update; distributed calls are
-guarded; the Sinkhorn sample count is all-reduced on a copy instead of the caller's tensor.
+Differences from DINOv2 (equivalent for its call order): ``forward`` is DINOv2's ``forward_masked`` (the
+only variant its training uses); eager center update; distributed calls are guarded; the Sinkhorn sample
+count is all-reduced on a copy instead of the caller's tensor.
 """
 
 import torch
@@ -84,13 +85,8 @@ class iBOTPatchLoss(nn.Module):  # noqa: N801 - DINOv2's name
             n_masked_patches_tensor = torch.tensor(n_masked_patches_tensor, device=teacher_patch_logits.device)
         return sinkhorn_knopp(teacher_patch_logits, teacher_temp, n_masked_patches_tensor, n_iterations)
 
-    def forward_masked(
-        self,
-        student_patch_logits: torch.Tensor,
-        teacher_patch_probs: torch.Tensor,
-        student_masks_flat: torch.Tensor,
-        masks_weight: torch.Tensor | None = None,
-        n_masked_patches: int | None = None,
+    def forward(
+        self, student_patch_logits: torch.Tensor, teacher_patch_probs: torch.Tensor, student_masks_flat: torch.Tensor
     ) -> torch.Tensor:
         """Per-image-normalised masked-patch cross-entropy.
 
@@ -103,38 +99,13 @@ class iBOTPatchLoss(nn.Module):  # noqa: N801 - DINOv2's name
             student_patch_logits: (M, K) student head outputs of the masked patches.
             teacher_patch_probs: (M, K) teacher probabilities of the same patches.
             student_masks_flat: (B, N) bool masks the patches were selected with (row-major order).
-            masks_weight: (M,) optional precomputed weights (see :func:`masks_weight_from_masks`).
-            n_masked_patches: optional: use only the first rows (DINOv2 pads to an upper bound).
 
         Returns:
             scalar loss.
         """
         log_probs = F.log_softmax(student_patch_logits.float() / self.student_temp, dim=-1)
         loss = torch.sum(teacher_patch_probs * log_probs, dim=-1)
-        if masks_weight is None:
-            masks_weight = masks_weight_from_masks(student_masks_flat)
-        if n_masked_patches is not None:
-            loss = loss[:n_masked_patches]
-        return -(loss * masks_weight).sum() / student_masks_flat.shape[0]
-
-    def forward(
-        self, student_patch_logits: torch.Tensor, teacher_patch_probs: torch.Tensor, student_masks_flat: torch.Tensor
-    ) -> torch.Tensor:
-        """Dense variant on all patches (DINOv2's ``forward``), same value as :meth:`forward_masked`.
-
-        Args:
-            student_patch_logits: (B, N, K).
-            teacher_patch_probs: (B, N, K).
-            student_masks_flat: (B, N) bool.
-
-        Returns:
-            scalar loss.
-        """
-        log_probs = F.log_softmax(student_patch_logits.float() / self.student_temp, dim=-1)
-        loss = torch.sum(teacher_patch_probs * log_probs, dim=-1)
-        masks = student_masks_flat.float()
-        loss = torch.sum(loss * masks, dim=-1) / masks.sum(dim=-1).clamp(min=1.0)
-        return -loss.mean()
+        return -(loss * masks_weight_from_masks(student_masks_flat)).sum() / student_masks_flat.shape[0]
 
     @torch.no_grad()
     def update_center(self, teacher_patch_logits: torch.Tensor) -> None:

@@ -8,10 +8,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-DEFAULT_KOLEO_WEIGHT: float = 0.1
-"""DINOv2 ``dino.koleo_loss_weight`` (ssl_default_config.yaml); applied by the caller."""
-
-
 class KoLeoLoss(nn.Module):
     """``-mean_i log(||x_i - x_nn(i)|| + eps)`` on L2-normalised features.
 
