@@ -79,4 +79,4 @@ def test_generator_respects_budget_and_block_cap():
         for _ in range(20):
             m = gen(target)
             assert m.shape == (14, 14) and m.dtype == bool
-            assert m.sum() <= target
+            assert 0.75 * target <= m.sum() <= target  # blocks fill the budget (an empty mask would not)
