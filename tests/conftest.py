@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny RAD-DINO configs, a saved tiny model, the labelled sample and the shared real data."""
+"""Shared fixtures: tiny RAD-DINO configs, a saved tiny model and the labelled sample."""
 
 import csv
 import os
@@ -11,7 +11,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = REPO_ROOT / "data" / "sample"
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 
 @pytest.fixture
@@ -41,13 +40,6 @@ def tiny_model(tiny_config):
             if name.endswith("lambda1") or name.endswith("mask_token"):
                 parameter.normal_()
     return model
-
-
-@pytest.fixture
-def shared_data():
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared real data not found at {SHARED_DATA}")
-    return SHARED_DATA
 
 
 @pytest.fixture
