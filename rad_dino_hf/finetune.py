@@ -7,9 +7,7 @@ process and under `accelerate launch` (DDP): batches are sharded, validation pre
 """
 
 import copy
-import logging
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,15 +20,12 @@ from accelerate.utils import set_seed
 from peft import PeftModel
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
-from transformers import get_cosine_schedule_with_warmup
 
 from image_processing_rad_dino import RadDinoImageProcessor
 from modeling_rad_dino import RadDinoForImageClassification, RadDinoModel
 from rad_dino_hf.lora import DEFAULT_LORA_TARGETS, add_lora, head_modules
 from rad_dino_hf.schedules import fuse_param_groups, param_groups
-
-logger = logging.getLogger(__name__)
+from rad_dino_hf.supervised import LoopSettings, train
 
 METHODS = ("full", "lora", "frozen")
 # Encoder (or LoRA) learning rates for each method at batch 16; the heads use `head_lr`, and `frozen` trains no
@@ -138,7 +133,8 @@ class FinetuneOptions:
 @dataclass
 class FinetuneResult:
     """The trained model (unwrapped; a `PeftModel` for LoRA), the last epoch's validation probabilities
-    `(N_val, C)` in dataset order, every batch's training loss, and one record per epoch."""
+    `(N_val, C)` in dataset order, the mean training loss of every optimiser update (of every batch without
+    gradient accumulation), and one record per epoch (`rad_dino_hf.supervised.TrainingLog`)."""
 
     model: nn.Module
     probabilities: np.ndarray
@@ -209,18 +205,18 @@ def finetune(
     train_set: Dataset,
     val_set: Dataset,
     options: FinetuneOptions,
+    metrics_path: Path | None = None,
 ) -> FinetuneResult:
-    """Train `model` on `train_set` ((pixels, label) items) with AdamW and a cosine schedule with linear warmup.
+    """Train `model` on `train_set` ((pixels, label) items) with the shared loop (`rad_dino_hf.supervised`): AdamW
+    over `optimizer_groups`, gradient clipping, a cosine schedule with linear warmup stepped per optimiser update.
 
-    Gradient accumulation and mixed precision are `accelerator`'s. Validation accuracy on `val_set` is logged
+    Gradient accumulation and mixed precision are `accelerator`'s. Validation accuracy on `val_set` is computed
     after every epoch; the result holds the last epoch's predictions (no checkpoint is picked on the validation
-    split, so its metrics stay unbiased).
+    split, so its metrics stay unbiased). `metrics_path`: the loop's JSONL (with validation accuracy per epoch).
     """
-    if options.epochs < 1:
-        raise ValueError(f"epochs must be at least 1, got {options.epochs}")
     set_seed(options.seed)
     model = with_trainable_parameters(model, options)
-    optimizer = torch.optim.AdamW(optimizer_groups(model, options))
+    groups = optimizer_groups(model, options)
     train_loader = DataLoader(
         train_set,
         batch_size=options.batch_size,
@@ -228,49 +224,25 @@ def finetune(
         num_workers=options.num_workers,
         generator=torch.Generator().manual_seed(options.seed),
     )
-    val_loader = DataLoader(val_set, batch_size=options.batch_size, num_workers=options.num_workers)
-    model, prepared_optimizer, train_loader, val_loader = accelerator.prepare(
-        model, optimizer, train_loader, val_loader
+    val_loader = accelerator.prepare(
+        DataLoader(val_set, batch_size=options.batch_size, num_workers=options.num_workers)
     )
-    updates = options.epochs * math.ceil(len(train_loader) / accelerator.gradient_accumulation_steps)
-    # Stepped by hand once per optimizer update, so its length is exactly the number of updates on any world size.
-    scheduler = get_cosine_schedule_with_warmup(optimizer, round(options.warmup_fraction * updates), updates)
     result = FinetuneResult(model=model, probabilities=np.zeros((0, 0)))
-    for epoch in range(1, options.epochs + 1):
-        model.train()
-        start, epoch_losses = time.perf_counter(), []
-        bar = tqdm(train_loader, desc=f"epoch {epoch}/{options.epochs}", disable=not accelerator.is_local_main_process)
-        for pixels, labels in bar:
-            with accelerator.accumulate(model):
-                loss = model(pixel_values=pixels, labels=labels).loss
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and options.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), options.max_grad_norm)
-                prepared_optimizer.step()
-                prepared_optimizer.zero_grad()
-            if accelerator.sync_gradients:
-                scheduler.step()
-            epoch_losses.append(accelerator.reduce(loss.detach(), "mean").item())
-            bar.set_postfix(loss=f"{epoch_losses[-1]:.4f}")
-        result.probabilities, val_labels = predict_probabilities(accelerator, model, val_loader)
-        record = {
-            "epoch": epoch,
-            "train_loss": float(np.mean(epoch_losses)),
-            "val_accuracy": accuracy(result.probabilities, val_labels),
-            "seconds": round(time.perf_counter() - start, 1),
-        }
-        result.batch_losses += epoch_losses
-        result.history.append(record)
-        logger.info(
-            "epoch %d/%d: train loss %.4f, val accuracy %.3f, %.1f s",
-            epoch,
-            options.epochs,
-            record["train_loss"],
-            record["val_accuracy"],
-            record["seconds"],
-        )
-    result.model = accelerator.unwrap_model(model)
+
+    def validate(epoch: int, prepared: nn.Module) -> dict:
+        result.probabilities, val_labels = predict_probabilities(accelerator, prepared, val_loader)
+        return {"val_accuracy": accuracy(result.probabilities, val_labels)}
+
+    settings = LoopSettings(options.epochs, options.warmup_fraction, options.max_grad_norm, "fine-tuning", metrics_path)
+    log = train(accelerator, model, groups, train_loader, settings, classification_loss, validate)
+    result.batch_losses, result.history = log.update_losses, log.epochs
     return result
+
+
+def classification_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """The classifier's own loss (cross-entropy, or binary cross-entropy per label) on a (pixels, labels) batch."""
+    pixels, labels = batch
+    return model(pixel_values=pixels, labels=labels).loss
 
 
 def save_finetuned(model: nn.Module, processor: RadDinoImageProcessor, output: Path) -> Path:

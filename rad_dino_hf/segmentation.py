@@ -1,13 +1,19 @@
 """Lung (or any) segmentation on a frozen encoder: masks aligned with the processor, decoder training, Dice."""
 
+from pathlib import Path
+
 import numpy as np
 import PIL.Image
 import torch
+from accelerate import Accelerator
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from image_processing_rad_dino import RadDinoImageProcessor
 from modeling_rad_dino import RadDinoForSemanticSegmentation
+from rad_dino_hf.distributed import make_accelerator
 from rad_dino_hf.metrics import bootstrap, dice_iou_from_counts, interval, segmentation_counts, segmentation_metrics
+from rad_dino_hf.supervised import LoopSettings, train
 
 
 def mask_like_processor(path: str, processor: RadDinoImageProcessor) -> np.ndarray:
@@ -26,6 +32,19 @@ def mask_like_processor(path: str, processor: RadDinoImageProcessor) -> np.ndarr
     return np.asarray(resized.crop((left, top, left + crop_w, top + crop_h)), dtype=np.uint8)
 
 
+class FrozenFeatureDecoder(nn.Module):
+    """`model.decode` at a fixed output size as a module holding only the decoder, so that Accelerate prepares (and
+    DDP synchronises) the decoder and not the frozen encoder the patch maps came from."""
+
+    def __init__(self, model: RadDinoForSemanticSegmentation, size: tuple[int, int]) -> None:
+        super().__init__()
+        self.decoder, self.decode, self.size = model.decoder, model.decode, tuple(size)
+
+    def forward(self, patch_maps: torch.Tensor) -> torch.Tensor:
+        """`(B, D, h, w)` patch maps -> `(B, num_labels, *size)` logits."""
+        return self.decode(patch_maps, self.size)
+
+
 def train_decoder(
     model: RadDinoForSemanticSegmentation,
     patch_maps: torch.Tensor,
@@ -34,29 +53,31 @@ def train_decoder(
     lr: float = 1e-3,
     batch_size: int = 16,
     seed: int = 0,
+    accelerator: Accelerator | None = None,
+    metrics_path: Path | None = None,
 ) -> list[float]:
-    """Train `model.decoder` on frozen `(N, D, h, w)` patch maps against `(N, H, W)` masks (255 ignored).
+    """Train `model.decoder` on frozen `(N, D, h, w)` patch maps against `(N, H, W)` masks (255 ignored) with the
+    shared loop (`rad_dino_hf.supervised`): AdamW at `lr` decaying on a cosine, cross-entropy per pixel.
 
-    Returns the mean loss of each epoch.
+    `accelerator` defaults to a plain one; the decoder ends on the patch maps' device. Returns each epoch's mean
+    batch loss.
     """
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.decoder.parameters(), lr=lr, weight_decay=1e-4)
-    model.decoder.train()
-    losses = []
-    for _ in range(epochs):
-        order = torch.randperm(len(patch_maps), generator=generator)
-        total = 0.0
-        for start in range(0, len(order), batch_size):
-            index = order[start : start + batch_size]
-            logits = model.decode(patch_maps[index], masks.shape[-2:])
-            loss = nn.functional.cross_entropy(logits, masks[index].long(), ignore_index=model.ignore_index)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(index)
-        losses.append(total / len(order))
-    model.decoder.eval()
-    return losses
+    device = patch_maps.device
+    accelerator = accelerator or make_accelerator()
+    module = FrozenFeatureDecoder(model, masks.shape[-2:])
+    loader = DataLoader(
+        TensorDataset(patch_maps, masks), batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
+    )
+    group = {"params": list(module.parameters()), "lr": lr, "weight_decay": 1e-4}
+
+    def pixel_cross_entropy(decoder: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        maps, targets = batch
+        return nn.functional.cross_entropy(decoder(maps), targets.long(), ignore_index=model.ignore_index)
+
+    settings = LoopSettings(epochs, description="segmentation decoder", metrics_path=metrics_path)
+    log = train(accelerator, module, [group], loader, settings, pixel_cross_entropy)
+    model.decoder.to(device)
+    return [record["train_loss"] for record in log.epochs]
 
 
 @torch.inference_mode()

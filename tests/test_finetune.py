@@ -9,7 +9,7 @@ import PIL.Image
 import pytest
 import torch
 from accelerate import Accelerator
-from peft import PeftModel
+from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 from torch.utils.data import TensorDataset
 from transformers import AutoModelForImageClassification
@@ -19,7 +19,7 @@ from configuration_rad_dino import RadDinoConfig
 from image_processing_rad_dino import RadDinoImageProcessor
 from modeling_rad_dino import RadDinoForImageClassification, RadDinoModel
 from rad_dino_hf.finetune import FinetuneOptions, classifier_from_encoder, finetune
-from rad_dino_hf.lora import DEFAULT_LORA_TARGETS, add_lora
+from rad_dino_hf.lora import DEFAULT_LORA_TARGETS, add_lora, lora_target_pattern
 
 HIDDEN, LAYERS, CLASSES, RANK = 32, 2, 3, 4
 
@@ -66,6 +66,59 @@ def test_lora_trains_exactly_the_adapters_and_the_head():
     frozen = [name for name, p in wrapped.named_parameters() if not p.requires_grad]
     assert any(name.endswith("q_proj.base_layer.weight") for name in frozen)
     assert all("lora_" not in name and "modules_to_save" not in name for name in frozen)
+
+
+def adapted_modules(model: nn.Module) -> set[str]:
+    """Names (relative to the model peft wrapped) of the modules that received LoRA adapters."""
+    return {
+        name.removeprefix("base_model.model.") for name, module in model.named_modules() if hasattr(module, "lora_A")
+    }
+
+
+def test_lora_pattern_matches_suffixes_literally_and_only_under_the_prefix():
+    def block() -> nn.ModuleDict:
+        return nn.ModuleDict({"q+proj": nn.Linear(4, 4), "qqproj": nn.Linear(4, 4), "fc1": nn.Linear(4, 4)})
+
+    def adapted(prefix: str, suffixes: list[str]) -> set[str]:
+        model = nn.Module()
+        for name in ("encoder", "encoder2", "other"):
+            model.add_module(name, nn.ModuleDict({"block": block()}))
+        model.add_module("encoderxblock", block())
+        model.encoder.add_module("out", nn.Linear(4, 4))  # directly under the prefix
+        model.encoder.add_module("norm", nn.LayerNorm(4))  # not a Linear: peft would refuse it
+        pattern = lora_target_pattern(model, prefix, suffixes)
+        return adapted_modules(get_peft_model(model, LoraConfig(r=2, target_modules=pattern)))
+
+    # Unescaped, "q+proj" would match "qqproj" and not itself, and "encoder.block" would match "encoderxblock".
+    assert adapted("encoder", ["q+proj", "out"]) == {"encoder.block.q+proj", "encoder.out"}
+    assert adapted("encoder.block", ["q+proj"]) == {"encoder.block.q+proj"}
+    assert adapted("encoder", ["all-linear"]) == {
+        "encoder.block.q+proj",
+        "encoder.block.qqproj",
+        "encoder.block.fc1",
+        "encoder.out",
+    }
+
+
+def test_classifier_lora_adapts_the_encoder_projections_only():
+    torch.manual_seed(0)
+    config = RadDinoConfig(
+        hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=2, image_size=28, pooling="attention"
+    )
+    wrapped = add_lora(RadDinoForImageClassification(config), rank=RANK)  # the pooler's out_proj stays plain
+    expected = {
+        f"dinov2.encoder.layer.{layer}.{name}"
+        for layer in range(LAYERS)
+        for name in (
+            "attention.q_proj",
+            "attention.k_proj",
+            "attention.v_proj",
+            "attention.o_proj",
+            "mlp.fc1",
+            "mlp.fc2",
+        )
+    }
+    assert adapted_modules(wrapped) == expected
 
 
 def test_unknown_lora_target_is_refused():

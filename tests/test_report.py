@@ -168,6 +168,38 @@ def test_stage2_changes_only_lora_and_chosen_parts(generator, pairs, train_proje
             assert not changed, name
 
 
+ENCODER_PROJECTIONS = [
+    "attention.q_proj",
+    "attention.k_proj",
+    "attention.v_proj",
+    "attention.o_proj",
+    "mlp.fc1",
+    "mlp.fc2",
+]
+LM_PROJECTIONS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"]
+LM_PROJECTIONS += ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+
+
+@pytest.mark.parametrize(
+    "lm_targets,lm_names,lora_encoder",
+    [
+        (["q_proj", "v_proj"], ["self_attn.q_proj", "self_attn.v_proj"], False),
+        (["q_proj", "v_proj"], ["self_attn.q_proj", "self_attn.v_proj"], True),
+        (["all-linear"], LM_PROJECTIONS, False),  # the LM's Linears: not lm_head, the projector or the encoder
+    ],
+)
+def test_stage2_adapts_exactly_the_named_modules(generator, lm_targets, lm_names, lora_encoder):
+    model, _ = generator
+    peft_model = add_lora(model, LoraSettings(rank=4, lm_targets=lm_targets, lora_encoder=lora_encoder))
+    adapted = {name.removeprefix("base_model.model.") for name, m in peft_model.named_modules() if hasattr(m, "lora_A")}
+    expected = {f"model.language_model.layers.{layer}.{name}" for layer in range(2) for name in lm_names}
+    if lora_encoder:
+        expected |= {
+            f"model.vision_tower.encoder.layer.{layer}.{name}" for layer in range(2) for name in ENCODER_PROJECTIONS
+        }
+    assert adapted == expected
+
+
 def test_save_load_gives_identical_greedy_generations(generator, pairs, tmp_path):
     model, processor = generator
     save_generator(model, processor, tmp_path / "base")  # before LoRA is injected (peft adapts in place)

@@ -7,27 +7,25 @@ stays frozen, so a step cannot change it.
 
 import hashlib
 import logging
-import math
-import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
-from transformers import get_cosine_schedule_with_warmup
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from modeling_rad_dino import RadDinoLlavaForConditionalGeneration
-from rad_dino_hf.lora import DEFAULT_LORA_TARGETS as ENCODER_LORA_TARGETS
+from rad_dino_hf.lora import DEFAULT_LORA_TARGETS as ENCODER_LORA_TARGETS, lora_target_pattern
+from rad_dino_hf.supervised import LossFunction, LoopSettings, model_loss, train
 
 logger = logging.getLogger(__name__)
 
-# Attention and MLP projections of Llama-family LMs (Llama, Mistral, Qwen2, Gemma, Phi-3 use these names).
+# Attention and MLP projections of Llama-family LMs (Llama, Mistral, Qwen2 and Gemma use these names).
 DEFAULT_LM_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -50,27 +48,18 @@ def freeze_all_but_projector(model: RadDinoLlavaForConditionalGeneration) -> Rad
     return model
 
 
-def lora_target_pattern(settings: LoraSettings) -> str:
-    """A full-match regex over module names that puts adapters in the LM (and the encoder if asked), never elsewhere.
-
-    Names are relative to the generator, e.g. `model.language_model.layers.0.self_attn.q_proj`.
-    """
-    targets = list(settings.lm_targets)
-    lm_suffix = r"[^.]+" if targets == ["all-linear"] else "|".join(map(re.escape, targets))
-    parts = [rf"model\.language_model\..*\.({lm_suffix})"]
-    if settings.lora_encoder:
-        parts.append(rf"model\.vision_tower\.encoder\..*\.({'|'.join(ENCODER_LORA_TARGETS)})")
-    return "|".join(f"(?:{part})" for part in parts)
-
-
 def add_lora(model: RadDinoLlavaForConditionalGeneration, settings: LoraSettings) -> PeftModel:
     """Stage 2: wrap `model` with LoRA adapters; trainable = adapters (+ the projector if `train_projector`)."""
     model.requires_grad_(False)
+    # Names relative to the generator, e.g. `model.language_model.layers.0.self_attn.q_proj`.
+    parts = [lora_target_pattern(model, "model.language_model", settings.lm_targets)]
+    if settings.lora_encoder:
+        parts.append(lora_target_pattern(model, "model.vision_tower.encoder", ENCODER_LORA_TARGETS))
     config = LoraConfig(
         r=settings.rank,
         lora_alpha=settings.alpha,
         lora_dropout=settings.dropout,
-        target_modules=lora_target_pattern(settings),
+        target_modules="|".join(parts),
         modules_to_save=["multi_modal_projector"] if settings.train_projector else None,
         task_type="CAUSAL_LM",
     )
@@ -96,37 +85,17 @@ def train_loop(
     weight_decay: float = 0.0,
     warmup_fraction: float = 0.03,
     description: str = "train",
-    compute_loss: Callable[[torch.nn.Module, dict], torch.Tensor] = lambda model, batch: model(**batch).loss,
+    compute_loss: LossFunction = model_loss,
+    max_grad_norm: float = 0.0,
+    metrics_path: Path | None = None,
 ) -> list[float]:
-    """AdamW on the trainable parameters with a cosine schedule and warmup, gradient accumulation as configured on
-    `accelerator`. Returns the mean loss of each optimizer step (averaged over processes).
+    """One stage: the shared loop (`rad_dino_hf.supervised.train`) with AdamW at `lr` on every trainable parameter,
+    a cosine schedule with warmup, gradient accumulation as configured on `accelerator`. Returns the mean loss of
+    each optimizer update (averaged over processes).
     """
-    parameters: Iterable[torch.nn.Parameter] = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
-    steps = epochs * math.ceil(len(loader) / accelerator.gradient_accumulation_steps)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(warmup_fraction * steps), steps)
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    model.train()
-    losses, window = [], []
-    bar = tqdm(total=steps, desc=description, disable=not accelerator.is_local_main_process)
-    for epoch in range(epochs):
-        for batch in loader:
-            with accelerator.accumulate(model):
-                loss = compute_loss(model, batch)
-                accelerator.backward(loss)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            window.append(accelerator.gather(loss.detach()).mean().item())
-            if accelerator.sync_gradients:
-                losses.append(sum(window) / len(window))
-                window = []
-                bar.update(1)
-                bar.set_postfix(loss=f"{losses[-1]:.3f}", epoch=epoch + 1)
-        logger.info("%s epoch %d/%d: loss %.4f", description, epoch + 1, epochs, losses[-1])
-    bar.close()
-    model.eval()
-    return losses
+    group = {"params": [p for p in model.parameters() if p.requires_grad], "lr": lr, "weight_decay": weight_decay}
+    settings = LoopSettings(epochs, warmup_fraction, max_grad_norm, description, metrics_path)
+    return train(accelerator, model, [group], loader, settings, compute_loss).update_losses
 
 
 class FrozenTowerCache(nn.Module):
