@@ -137,6 +137,21 @@ def add_accelerator_arguments(parser: argparse.ArgumentParser | argparse._Argume
 
 
 @dataclasses.dataclass
+class FrozenTaskOptions:
+    """An encoder whose features are cached and a patient split: what the tasks on frozen features share."""
+
+    encoder: EncoderOptions
+    cache: CacheOptions
+    split: SplitOptions
+
+
+def add_frozen_task_arguments(parser: argparse.ArgumentParser) -> None:
+    add_encoder_arguments(parser)
+    add_split_arguments(parser)
+    add_cache_arguments(parser)
+
+
+@dataclasses.dataclass
 class LabelledTaskOptions:
     """An encoder, a labelled table and its patient split: what the classifiers (probe, k-NN, fine-tuning) share."""
 

@@ -13,25 +13,14 @@ from accelerate import Accelerator
 from rad_dino_hf.demographics import demographics_probe, read_demographics
 from rad_dino_hf.plots import plot_regression_scatter, plot_roc_curves
 from rad_dino_hf.tables import patient_split
-from rad_dino_hf.tasks.arguments import (
-    SHARED_DATA,
-    CacheOptions,
-    EncoderOptions,
-    SplitOptions,
-    add_cache_arguments,
-    add_encoder_arguments,
-    add_split_arguments,
-)
+from rad_dino_hf.tasks.arguments import SHARED_DATA, FrozenTaskOptions, add_frozen_task_arguments
 from rad_dino_hf.tasks.common import frozen_features, write_csv
 
 logger = logging.getLogger("rad_dino_hf")
 
 
 @dataclass
-class Options:
-    encoder: EncoderOptions
-    cache: CacheOptions
-    split: SplitOptions
+class Options(FrozenTaskOptions):
     data: list[str]
     sex_column: str
     age_column: str
@@ -39,7 +28,7 @@ class Options:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_encoder_arguments(parser)
+    add_frozen_task_arguments(parser)
     parser.add_argument(
         "--data",
         nargs="+",
@@ -48,8 +37,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--sex-column", default="sex", help="m/male -> male (1), f/female -> female (0)")
     parser.add_argument("--age-column", default="age", help="years (52, 52.5 or 052Y)")
-    add_split_arguments(parser)
-    add_cache_arguments(parser)
     parser.add_argument("--output", default="outputs/demographics", help="output folder")
 
 

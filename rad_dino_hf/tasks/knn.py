@@ -10,33 +10,26 @@ from accelerate import Accelerator
 
 from rad_dino_hf.knn import DEFAULT_K, DEFAULT_TEMPERATURE, knn_classify
 from rad_dino_hf.metrics import classification_metrics
-from rad_dino_hf.tasks.arguments import (
-    CacheOptions,
-    LabelledTaskOptions,
-    add_cache_arguments,
-    add_labelled_task_arguments,
-)
+from rad_dino_hf.tasks import linear_probe
 from rad_dino_hf.tasks.common import frozen_features, labelled_split, write_classification_outputs
 
 
 @dataclass
-class Options(LabelledTaskOptions):
-    cache: CacheOptions
+class Options(linear_probe.Options):
     k: int
     temperature: float
     features: str
-    output: str
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_labelled_task_arguments(parser)
-    add_cache_arguments(parser)
+    """linear-probe's arguments (another output folder) and the vote's."""
+    linear_probe.add_arguments(parser)
+    parser.set_defaults(output="outputs/knn")
     parser.add_argument("--k", type=int, default=DEFAULT_K, help="neighbours that vote")
     parser.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE, help="votes weigh exp(cosine / T)")
     parser.add_argument(
         "--features", choices=["cls", "cls_mean"], default="cls", help="CLS (as DINO) or CLS ⊕ mean patch"
     )
-    parser.add_argument("--output", default="outputs/knn", help="output folder")
 
 
 def run(options: Options, accelerator: Accelerator) -> dict | None:

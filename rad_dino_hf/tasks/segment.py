@@ -19,15 +19,7 @@ from modeling_rad_dino import RadDinoForSemanticSegmentation
 from rad_dino_hf.plots import plot_segmentation_overlay
 from rad_dino_hf.segmentation import foreground_dice, mask_like_processor, predict, train_decoder
 from rad_dino_hf.tables import load_table, patient_split
-from rad_dino_hf.tasks.arguments import (
-    SHARED_DATA,
-    CacheOptions,
-    EncoderOptions,
-    SplitOptions,
-    add_cache_arguments,
-    add_encoder_arguments,
-    add_split_arguments,
-)
+from rad_dino_hf.tasks.arguments import SHARED_DATA, FrozenTaskOptions, add_frozen_task_arguments
 from rad_dino_hf.tasks.common import encode, encoder_view
 
 logger = logging.getLogger("rad_dino_hf")
@@ -35,10 +27,7 @@ CLASS_NAMES = ["background", "lung"]
 
 
 @dataclass
-class Options:
-    encoder: EncoderOptions
-    cache: CacheOptions
-    split: SplitOptions
+class Options(FrozenTaskOptions):
     data: list[str]
     mask_column: str
     decoder: str
@@ -49,7 +38,7 @@ class Options:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_encoder_arguments(parser)
+    add_frozen_task_arguments(parser)
     parser.add_argument(
         "--data",
         nargs="+",
@@ -65,9 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--epochs", type=int, default=30, help="decoder training epochs")
     parser.add_argument("--lr", type=float, default=1e-3, help="decoder learning rate")
-    add_split_arguments(parser)
     parser.add_argument("--pictures", type=int, default=4, help="overlay pictures of validation images")
-    add_cache_arguments(parser)
     parser.add_argument("--output", default="outputs/segment", help="output folder")
 
 
