@@ -78,7 +78,7 @@ def parse_options(argv: list[str] | None = None) -> tuple[str, object]:
 
 
 def main(argv: list[str] | None = None):
-    """Run the command; returns the task's results on the main process (None on the others)."""
+    """Run the command; returns the task's results (None on a process that only shared the work)."""
     command, options = parse_options(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     accelerator = make_accelerator(**dataclasses.asdict(getattr(options, "accelerator", AcceleratorOptions())))
