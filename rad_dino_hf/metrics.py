@@ -7,9 +7,9 @@ with the `evaluate` modules of this repository:
     metrics/segmentation/segmentation_core.py       <- imported relatively by metrics/segmentation/segmentation.py
 
 `evaluate.load(path)` copies a local metric script into its modules cache and imports it there, so the script cannot
-import `rad_dino_hf` reliably (that depends on the working directory / `sys.path`). It does, however, copy same-directory
-modules named in relative imports (`from .classification_core import ...`) along with the script (and hashes them, so
-edits are picked up). This module loads those same core files by path with `importlib`, which needs neither
+import `rad_dino_hf` reliably (that depends on the working directory / `sys.path`). It does, however, copy
+same-directory modules named in relative imports (`from .classification_core import ...`) along with the script
+(and hashes them, so edits are picked up). This module loads those same core files by path with `importlib`, which needs neither
 `evaluate` (a slow import) nor any particular working directory, and re-exports their functions. Regression and sex
 metrics, which no `evaluate` module wraps, are defined here and reuse the core's bootstrap and AUROC.
 

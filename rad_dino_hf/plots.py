@@ -65,13 +65,15 @@ def save_pca_figure(
 
 
 def plot_training_curves(metrics_jsonl: str | Path, path: str | Path) -> Path:
-    """Loss terms and schedules against iterations, from the trainer's `metrics.jsonl`."""
+    """Loss terms, teacher-target information (collapse monitor) and schedules against iterations, from the
+    trainer's `metrics.jsonl`."""
     import json
 
     rows = [json.loads(line) for line in Path(metrics_jsonl).read_text(encoding="utf-8").splitlines() if line.strip()]
     steps = [row["step"] for row in rows]
     panels = [
         ("losses", [key for key in rows[0] if key.startswith("loss/")]),
+        ("image-target MI (nats)", [key for key in rows[0] if key.startswith("mi/")]),
         ("learning rate", ["lr"]),
         ("weight decay", ["wd"]),
         ("teacher momentum", ["momentum"]),
@@ -81,7 +83,7 @@ def plot_training_curves(metrics_jsonl: str | Path, path: str | Path) -> Path:
     figure, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.0))
     for axis, (title, keys) in zip(axes, panels):
         for key in keys:
-            axis.plot(steps, [row[key] for row in rows], label=key.removeprefix("loss/"))
+            axis.plot(steps, [row[key] for row in rows], label=key.split("/")[-1])
         axis.set_title(title, fontsize=9)
         axis.set_xlabel("iteration", fontsize=8)
         axis.tick_params(labelsize=7)
@@ -115,38 +117,25 @@ def save_attention_figure(image: np.ndarray, maps: np.ndarray, pca_rgb: np.ndarr
     return save_figure(figure, path)
 
 
-def plot_loss_curves(curves: dict[str, Sequence[float]], path: str | Path, title: str = "") -> Path:
-    """One panel per training phase (e.g. LM on text, stage 1, stage 2): loss against optimizer step."""
-    figure, axes = plt.subplots(1, len(curves), figsize=(3.6 * len(curves), 3.0), squeeze=False)
-    for axis, (name, losses) in zip(axes[0], curves.items()):
-        axis.plot(np.arange(1, len(losses) + 1), losses)
+def plot_loss_curves(
+    curves: dict[str, Sequence[float]],
+    path: str | Path,
+    title: str = "",
+    epoch_values: dict[str, Sequence[float]] | None = None,
+) -> Path:
+    """One panel per training phase (e.g. LM on text, stage 1, stage 2): loss against optimizer update; then one
+    panel per `epoch_values` series (e.g. validation accuracy after every epoch) against the epoch."""
+    panels = [(name, values, "optimizer update", "loss") for name, values in curves.items()]
+    panels += [(name, values, "epoch", "") for name, values in (epoch_values or {}).items()]
+    figure, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.0), squeeze=False)
+    for axis, (name, values, x_label, y_label) in zip(axes[0], panels):
+        axis.plot(np.arange(1, len(values) + 1), values, marker="o" if x_label == "epoch" else None)
         axis.set_title(name, fontsize=9)
-        axis.set_xlabel("optimizer step", fontsize=8)
-        axis.set_ylabel("loss", fontsize=8)
+        axis.set_xlabel(x_label, fontsize=8)
+        axis.set_ylabel(y_label, fontsize=8)
         axis.tick_params(labelsize=7)
     if title:
         figure.suptitle(title, fontsize=10)
-    figure.tight_layout()
-    return save_figure(figure, path)
-
-
-def plot_finetune_curves(batch_losses: Sequence[float], val_accuracy: Sequence[float], path: str | Path) -> Path:
-    """Training loss of every batch (and its mean per epoch) and validation accuracy after every epoch.
-
-    Every epoch has the same number of batches, `len(batch_losses) / len(val_accuracy)`.
-    """
-    epochs = np.arange(1, len(val_accuracy) + 1)
-    losses = np.asarray(batch_losses, dtype=np.float64)
-    figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(8.0, 3.0))
-    loss_axis.plot(np.arange(1, len(losses) + 1) * len(epochs) / len(losses), losses, lw=0.6, alpha=0.5, label="batch")
-    loss_axis.plot(epochs, losses.reshape(len(epochs), -1).mean(axis=1), marker="o", label="epoch mean")
-    loss_axis.set_title("training loss", fontsize=9)
-    loss_axis.legend(fontsize=7)
-    accuracy_axis.plot(epochs, val_accuracy, marker="o")
-    accuracy_axis.set_title("validation accuracy", fontsize=9)
-    for axis in (loss_axis, accuracy_axis):
-        axis.set_xlabel("epoch", fontsize=8)
-        axis.tick_params(labelsize=7)
     figure.tight_layout()
     return save_figure(figure, path)
 

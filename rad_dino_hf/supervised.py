@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 LossFunction = Callable[[nn.Module, Any], torch.Tensor]
 EpochCallback = Callable[[int, nn.Module], dict | None]
+# Keys of every epoch record; anything else in one came from the epoch callback and is plotted.
+EPOCH_BOOKKEEPING = {"phase", "epoch", "train_loss", "seconds"}
 
 
 def model_loss(model: nn.Module, batch: dict) -> torch.Tensor:
@@ -143,6 +145,16 @@ def train(
     return log
 
 
+def fresh_training_log(path: Path, accelerator: Accelerator) -> Path:
+    """`path` for a run's `metrics_path`, with a previous run's log and picture there removed (the loop appends, so
+    that several phases of one run share a file). Every process waits until the main one has cleared it."""
+    if accelerator.is_main_process:
+        path.unlink(missing_ok=True)
+        path.with_suffix(".png").unlink(missing_ok=True)
+    accelerator.wait_for_everyone()
+    return path
+
+
 def append_record(settings: LoopSettings, record: dict) -> None:
     """Append `record`, tagged with the phase, as one JSON line to `settings.metrics_path`."""
     settings.metrics_path.parent.mkdir(parents=True, exist_ok=True)
@@ -151,10 +163,16 @@ def append_record(settings: LoopSettings, record: dict) -> None:
 
 
 def plot_phases(metrics_path: Path) -> Path:
-    """The update losses of every phase in a metrics JSONL, one panel each, as `metrics_path` with `.png`."""
+    """The update losses of every phase in a metrics JSONL, one panel each, and the numbers the epoch callbacks
+    returned (e.g. validation accuracy), one panel each, as `metrics_path` with `.png`."""
     curves: dict[str, list[float]] = {}
+    epoch_values: dict[str, list[float]] = {}
     for line in metrics_path.read_text(encoding="utf-8").splitlines():
         record = json.loads(line)
         if "update" in record:
             curves.setdefault(record["phase"], []).append(record["loss"])
-    return plot_loss_curves(curves, metrics_path.with_suffix(".png"))
+            continue
+        for key, value in record.items():
+            if key not in EPOCH_BOOKKEEPING and isinstance(value, (int, float)):
+                epoch_values.setdefault(f"{record['phase']}: {key}", []).append(value)
+    return plot_loss_curves(curves, metrics_path.with_suffix(".png"), epoch_values=epoch_values)

@@ -105,7 +105,14 @@ def test_finetune_command_finds_the_planted_signal_only(tiny_model_dir, tables, 
     assert shuffled["auroc"]["macro"]["value"] <= 0.75, shuffled["auroc"]
 
 
-REPORTS = ["No effusion.", "Patchy opacities.", "Cardiomegaly present.", "Right consolidation.", "Small effusion.", "Clear."]
+REPORTS = [
+    "No effusion.",
+    "Patchy opacities.",
+    "Cardiomegaly present.",
+    "Right consolidation.",
+    "Small effusion.",
+    "Clear.",
+]
 
 
 def test_report_command_saves_its_base_with_the_trained_adapter_merged(tiny_model, tmp_path):

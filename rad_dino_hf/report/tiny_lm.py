@@ -6,6 +6,8 @@ with the `tokenizers` library on the training reports, and a few-layer `LlamaFor
 real causal LM id instead (`--lm`).
 """
 
+from pathlib import Path
+
 import torch
 from accelerate import Accelerator
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
@@ -68,8 +70,10 @@ def pretrain_on_text(
     lr: float = 1e-3,
     batch_size: int = 8,
     max_tokens: int = 128,
+    metrics_path: Path | None = None,
 ) -> list[float]:
-    """Next-token training on `texts` (each ends with EOS; padding unlabelled). Returns the per-step losses."""
+    """Next-token training on `texts` (each ends with EOS; padding unlabelled). Returns the per-step losses;
+    `metrics_path`: the training loop's JSONL (`rad_dino_hf.supervised`)."""
 
     def collate(batch: list[str]) -> dict[str, torch.Tensor]:
         encoded = tokenizer(
@@ -84,4 +88,6 @@ def pretrain_on_text(
 
     generator = torch.Generator().manual_seed(0)
     loader = DataLoader(texts, batch_size=batch_size, shuffle=True, collate_fn=collate, generator=generator)
-    return train_loop(model, loader, accelerator, epochs, lr, description="language model on text")
+    return train_loop(
+        model, loader, accelerator, epochs, lr, description="language model on text", metrics_path=metrics_path
+    )

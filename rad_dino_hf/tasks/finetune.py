@@ -28,7 +28,7 @@ from rad_dino_hf.finetune import (
 )
 from rad_dino_hf.lora import DEFAULT_LORA_TARGETS
 from rad_dino_hf.metrics import classification_metrics
-from rad_dino_hf.plots import plot_finetune_curves
+from rad_dino_hf.supervised import fresh_training_log
 from rad_dino_hf.tasks.arguments import (
     AcceleratorOptions,
     LabelledTaskOptions,
@@ -120,8 +120,10 @@ def run(options: Options, accelerator: Accelerator) -> dict | None:
     train_set = ImageDataset(train_files, data.labels[data.train], processor, augment)
     val_set = ImageDataset(val_files, data.labels[data.val], processor)
     logger.info("Fine-tuning (%s) %s at %d px on %s", options.training.method, model_name, size, accelerator.device)
+    output = Path(options.output)
+    metrics_path = fresh_training_log(output / "loss_curve.jsonl", accelerator)
     start = time.perf_counter()
-    result = finetune(accelerator, model, train_set, val_set, options.training)
+    result = finetune(accelerator, model, train_set, val_set, options.training, metrics_path=metrics_path)
     results = classification_metrics(
         data.labels[data.val], result.probabilities, data.classes, multilabel=data.multilabel, seed=seed
     )
@@ -138,11 +140,7 @@ def run(options: Options, accelerator: Accelerator) -> dict | None:
         options=dataclasses.asdict(options),
     )
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        output = Path(options.output)
+    if accelerator.is_main_process:  # loss_curve.jsonl / .png were written by the training loop
         write_classification_outputs(output, results, data, result.probabilities)
-        plot_finetune_curves(
-            result.batch_losses, [epoch["val_accuracy"] for epoch in result.history], output / "loss_curve.png"
-        )
         save_finetuned(result.model, processor, output)
     return results

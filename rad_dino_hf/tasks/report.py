@@ -26,7 +26,6 @@ from torch.utils.data import DataLoader
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rad_dino_hf.features import RELEASED_MODEL_ID, load_encoder
-from rad_dino_hf.plots import plot_loss_curves
 from rad_dino_hf.report.builder import (
     DEFAULT_INSTRUCTION,
     build_generator,
@@ -47,11 +46,14 @@ from rad_dino_hf.report.training import (
     train_loop,
     trainable_parameter_count,
 )
+from rad_dino_hf.supervised import fresh_training_log
 from rad_dino_hf.tables import patient_split
 from rad_dino_hf.tasks.arguments import SHARED_DATA, AcceleratorOptions, add_accelerator_arguments
 
 logger = logging.getLogger("rad_dino_hf")
 TINY_LM = "tiny"
+# Every training phase (LM on text, stage 1, stage 2) appends here; the loop draws loss_curves.png from it.
+TRAINING_LOG = "loss_curves.jsonl"
 VISION_CACHE_AUTO_GIB = 4.0
 
 
@@ -152,6 +154,7 @@ def build_language_model(options: Options, train_texts: list[str], accelerator: 
         epochs=training.lm_epochs,
         batch_size=training.batch_size,
         max_tokens=options.data.max_report_tokens,
+        metrics_path=output / TRAINING_LOG,
     )
     if accelerator.is_main_process:
         model.save_pretrained(output / "tiny_lm")
@@ -181,6 +184,7 @@ def train_generator(options: Options, train_pairs: list[ReportPair], accelerator
     model_options, training = options.model, options.training
     encoder, image_processor, encoder_name = load_encoder(model_options.encoder)
     texts = [pair.text for pair in train_pairs]
+    fresh_training_log(output / TRAINING_LOG, accelerator)
     language_model, tokenizer, lm_losses = build_language_model(options, texts, accelerator, output)
     curves = {"language model on text": lm_losses} if lm_losses else {}
     model, processor = build_generator(
@@ -215,7 +219,8 @@ def train_generator(options: Options, train_pairs: list[ReportPair], accelerator
         logger.info("Stage 1: %d of %d parameters trainable (projector)", *trainable_parameter_count(model))
         stage = "stage 1 (projector)"
         curves[stage] = train_loop(
-            model, loader, accelerator, training.stage1_epochs, training.stage1_lr, description=stage
+            model, loader, accelerator, training.stage1_epochs, training.stage1_lr, description=stage,
+            metrics_path=output / TRAINING_LOG,
         )
         if accelerator.is_main_process:
             save_file(model.model.multi_modal_projector.state_dict(), output / "stage1_projector.safetensors")
@@ -224,7 +229,8 @@ def train_generator(options: Options, train_pairs: list[ReportPair], accelerator
         logger.info("Stage 2: %d of %d parameters trainable (LoRA + projector)", *trainable)
         stage = "stage 2 (LoRA)"
         curves[stage] = train_loop(
-            peft_model, loader, accelerator, training.stage2_epochs, training.stage2_lr, description=stage
+            peft_model, loader, accelerator, training.stage2_epochs, training.stage2_lr, description=stage,
+            metrics_path=output / TRAINING_LOG,
         )
     accelerator.wait_for_everyone()
     peft_model = accelerator.unwrap_model(peft_model)
@@ -233,8 +239,7 @@ def train_generator(options: Options, train_pairs: list[ReportPair], accelerator
     generator = peft_model.merge_and_unload()
     if accelerator.is_main_process:
         save_generator(generator, processor, output / "generator")
-        (output / "loss_curves.json").write_text(json.dumps(curves))
-        plot_loss_curves(curves, output / "loss_curves.png", title=f"Report generator ({encoder_name} encoder)")
+        (output / "loss_curves.json").write_text(json.dumps(curves))  # loss_curves.png: drawn by the training loop
     return generator, processor, curves, encoder_name
 
 

@@ -18,6 +18,7 @@ from accelerate import Accelerator
 from modeling_rad_dino import RadDinoForSemanticSegmentation
 from rad_dino_hf.plots import plot_segmentation_overlay
 from rad_dino_hf.segmentation import foreground_dice, mask_like_processor, predict, train_decoder
+from rad_dino_hf.supervised import fresh_training_log
 from rad_dino_hf.tables import load_table, patient_split
 from rad_dino_hf.tasks.arguments import SHARED_DATA, FrozenTaskOptions, add_frozen_task_arguments
 from rad_dino_hf.tasks.common import encode, encoder_view
@@ -76,8 +77,6 @@ def read_masked_sets(folders: list[str], mask_column: str) -> tuple[list[Path], 
 def run(options: Options, accelerator: Accelerator) -> dict | None:
     images, mask_files, patients = read_masked_sets(options.data, options.mask_column)
     encoding = encode(options.encoder, images, accelerator, options.cache)
-    if not accelerator.is_main_process:
-        return None
     encoder, processor, seed = encoding.model, encoding.processor, options.split.seed
     masks = torch.from_numpy(np.stack([mask_like_processor(str(path), processor) for path in mask_files]))
     train, val = patient_split(patients, options.split.val_fraction, seed)
@@ -91,9 +90,23 @@ def run(options: Options, accelerator: Accelerator) -> dict | None:
     model = RadDinoForSemanticSegmentation(config)
     model.dinov2.load_state_dict(encoder.state_dict())
     patch = encoding.features["patch"]
+    output = Path(options.output)
+    metrics_path = fresh_training_log(output / "loss_curve.jsonl", accelerator)
     start = time.perf_counter()
-    losses = train_decoder(model, patch[train], masks[train], options.epochs, options.lr, seed=seed)
+    # Every process holds all features: the decoder trains data-parallel, then the main process scores and writes.
+    losses = train_decoder(
+        model,
+        patch[train],
+        masks[train],
+        options.epochs,
+        options.lr,
+        seed=seed,
+        accelerator=accelerator,
+        metrics_path=metrics_path,
+    )
     train_seconds = time.perf_counter() - start
+    if not accelerator.is_main_process:
+        return None
     predictions = predict(model.eval(), patch[val], tuple(masks.shape[-2:]))
     results = foreground_dice(predictions, masks[val].numpy(), seed=seed)
     results.update(
@@ -105,7 +118,6 @@ def run(options: Options, accelerator: Accelerator) -> dict | None:
         features_from_cache=encoding.from_cache,
         n_train=int(len(train)),
     )
-    output = Path(options.output)
     model.save_pretrained(output / "model")
     processor.save_pretrained(output / "model")
     for position, index in enumerate(val[: options.pictures]):
