@@ -53,6 +53,11 @@ class RadDinoConfig(Dinov2Config):
         Decoder of `RadDinoForSemanticSegmentation`: `"linear"` (batch norm + 1x1 conv on the patch-token map, then
         bilinear upsampling, as DINOv2's linear segmentation head) or `"upsample"` (a small convolutional decoder
         that upsamples the map twice before the final bilinear resize).
+    interpolate_offset (`float`, defaults to 0.0):
+        How position embeddings are resized for an input whose patch grid differs from the model's. 0: transformers'
+        `Dinov2Model` (bicubic to the output grid). > 0: DINOv2's training code (bicubic with scale factor
+        `(grid + interpolate_offset) / native grid`; DINOv2 and RAD-DINO trained with 0.1), used in pretraining.
+        Saved models use 0, so they equal a stock `Dinov2Model`.
 
     Example:
 
@@ -77,6 +82,7 @@ class RadDinoConfig(Dinov2Config):
     ibot_head_n_layers: int = 3
     pooling: str = "cls_mean"
     segmentation_decoder: str = "linear"
+    interpolate_offset: float = 0.0
 
     def validate_architecture(self):
         super().validate_architecture()

@@ -8,6 +8,7 @@ The Hub copies this file and `configuration_rad_dino.py` alone for `trust_remote
 transformers and torch here.
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +29,7 @@ from transformers.conversion_mapping import (
     register_checkpoint_conversion_mapping,
 )
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput, SemanticSegmenterOutput
+from transformers.models.dinov2.modeling_dinov2 import Dinov2Embeddings
 from transformers.utils.generic import can_return_tuple
 
 try:  # loaded as remote code: a package with the config next to it
@@ -55,11 +57,45 @@ class RadDinoModelOutput(BaseModelOutputWithPooling):
     patch_embeddings: torch.FloatTensor | None = None
 
 
+class RadDinoEmbeddings(Dinov2Embeddings):
+    """`Dinov2Embeddings` (same parameters) whose position grid resizes as DINOv2's training code does when
+    `config.interpolate_offset > 0` (see `RadDinoConfig.interpolate_offset`), else exactly as transformers'."""
+
+    def interpolate_pos_encoding(self, embeddings: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Position embeddings `(1, 1 + N, D)` for `embeddings` `(B, 1 + N, D)` of an image `height` x `width` px.
+
+        With an offset, DINOv2's `interpolate_pos_encoding`: bicubic (no antialiasing) with scale factors
+        `(height // p + offset) / M` and `(width // p + offset) / M` from the native `M x M` grid, in float32.
+        """
+        offset = self.config.interpolate_offset
+        num_positions = self.position_embeddings.shape[1] - 1
+        if not offset or (embeddings.shape[1] - 1 == num_positions and height == width):
+            return super().interpolate_pos_encoding(embeddings, height, width)
+        grid = math.isqrt(num_positions)
+        rows, columns = height // self.patch_size, width // self.patch_size
+        position_embeddings = self.position_embeddings.float()
+        patch_grid = position_embeddings[:, 1:].reshape(1, grid, grid, -1).permute(0, 3, 1, 2)
+        # A scale factor rather than an output size: the sampling positions follow the factor, which the offset
+        # keeps just above rows / M so that floor(M * factor) is rows despite rounding.
+        patch_grid = nn.functional.interpolate(
+            patch_grid, scale_factor=((rows + offset) / grid, (columns + offset) / grid), mode="bicubic"
+        )
+        if patch_grid.shape[-2:] != (rows, columns):
+            raise ValueError(f"interpolate_offset {offset} gives a {tuple(patch_grid.shape[-2:])} position grid")
+        patches = patch_grid.permute(0, 2, 3, 1).flatten(1, 2)
+        return torch.cat([position_embeddings[:, :1], patches], dim=1).to(self.position_embeddings.dtype)
+
+
 class RadDinoModel(Dinov2Model):
     """The RAD-DINO image encoder (ViT-B/14, 518 px by default). See `RadDinoModelOutput` for what it returns."""
 
     config_class = RadDinoConfig
     config: RadDinoConfig
+
+    def __init__(self, config: RadDinoConfig) -> None:
+        super().__init__(config)
+        # The same module and parameters as transformers built (names, initial values), with our interpolation.
+        self.embeddings.__class__ = RadDinoEmbeddings
 
     @can_return_tuple
     def forward(

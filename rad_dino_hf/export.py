@@ -1,5 +1,6 @@
 """Export a pretrained teacher as a HF checkpoint in the `microsoft/rad-dino` format, and push it to the Hub."""
 
+import copy
 import json
 import logging
 from pathlib import Path
@@ -53,12 +54,16 @@ def export_teacher(
 ) -> Path:
     """Write the teacher backbone (release format), its DINO head, a processor and a filled-in model card.
 
-    The config written is the teacher's, unchanged (`ssl_model.make_teacher`): it describes the shipped
-    `dino_head.safetensors`, so `load_dino_head(path, config)` rebuilds it. `summary` is the trainer's run summary
+    The config written is the teacher's (`ssl_model.make_teacher`): it describes the shipped
+    `dino_head.safetensors`, so `load_dino_head(path, config)` rebuilds it. Only `interpolate_offset` is reset to 0,
+    so the export resizes position embeddings as a stock `Dinov2Model` does. `summary` is the trainer's run summary
     (`world_size` and counters). The processor resizes and crops to the global crop size of the run (position
     embeddings interpolate)."""
     output_dir = Path(output_dir)
     teacher.backbone.save_pretrained(output_dir)
+    config = copy.deepcopy(teacher.backbone.config)
+    config.interpolate_offset = 0.0
+    config.save_pretrained(output_dir)
     save_dino_head(teacher.dino_head, output_dir / DINO_HEAD_FILENAME)
     size = recipe.crops.global_crops_size  # the resolution it was last trained at (518 after RAD-DINO's stage 2)
     RadDinoImageProcessor(

@@ -159,11 +159,14 @@ def with_trainable_parameters(model: RadDinoForImageClassification, options: Fin
 
 def optimizer_groups(model: nn.Module, options: FinetuneOptions) -> list[dict]:
     """AdamW parameter groups of the trainable parameters: heads at `head_lr`, the rest at `lr` times the layer-wise
-    decay; no weight decay on biases, norms, LayerScale and tokens (DINOv2's rules, `rad_dino_hf.schedules`)."""
+    decay; no weight decay on biases, norms, LayerScale (DINOv2's rule) and on tokens and position embeddings
+    (the BEiT/MAE fine-tuning convention), see `rad_dino_hf.schedules.param_groups`."""
     base = model.get_base_model() if isinstance(model, PeftModel) else model
     head_ids = {id(parameter) for name in head_modules(base) for parameter in getattr(base, name).parameters()}
     lr = DEFAULT_LR[options.method] if options.lr is None else options.lr
-    groups = param_groups(model, options.weight_decay, options.layer_decay, patch_embed_lr_mult=1.0)
+    groups = param_groups(
+        model, options.weight_decay, options.layer_decay, patch_embed_lr_mult=1.0, no_wd_for_tokens=True
+    )
     for group in groups:
         group["is_head"] = id(group["params"][0]) in head_ids
     fused = fuse_param_groups(groups, keys=("lr_multiplier", "wd_multiplier", "is_head"))

@@ -147,6 +147,10 @@ class StudentConfig:
     # no per-block schedule). DINO v1 ViT default; DINOv2 default 0.3 is for ViT-L, vitl14 uses 0.4.
     drop_path_rate: float = 0.1
     layerscale_value: float = 1.0e-5  # DINOv2 default init (irrelevant when loading pretrained weights)
+    # Position-embedding interpolation for crops whose patch grid differs from the model's (DINOv2 default 0.1:
+    # bicubic with scale factor (grid + 0.1) / native grid, as DINOv2 and RAD-DINO trained; 0 = transformers' Dinov2,
+    # resized to the output grid). `RadDinoConfig.interpolate_offset` of the student and teacher; exports write 0.
+    interpolate_offset: float = 0.1
 
 
 @dataclass
@@ -169,6 +173,10 @@ class TrainConfig:
     keep_checkpoints: int = 2
     log_every: int = 10  # iterations
     max_consecutive_nan: int = 5  # skip non-finite steps; stop after this many in a row
+    # Collapse warning (once per run): the DINO or iBOT teacher target carries less than `collapse_information_nats`
+    # of mutual information about the image for `collapse_warning_iterations` iterations in a row (0: never warn).
+    collapse_warning_iterations: int = 100
+    collapse_information_nats: float = 0.01
 
     def global_batch_size(self, world_size: int) -> int:
         """Images per optimisation step over `world_size` data-parallel processes and the accumulation steps."""

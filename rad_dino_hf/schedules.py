@@ -100,7 +100,7 @@ def param_groups(
     layerwise_decay: float = 0.9,
     patch_embed_lr_mult: float = 0.2,
     num_layers: int | None = None,
-    no_wd_for_tokens: bool = True,
+    no_wd_for_tokens: bool = False,
 ) -> list[dict[str, Any]]:
     """One optimizer param group per trainable parameter, as DINOv2's ``get_params_groups_with_decay``.
 
@@ -110,10 +110,11 @@ def param_groups(
 
     * ``lr_multiplier = layerwise_decay ** (L + 1 - layer_id)`` (see :func:`layer_id_for_name`),
       times ``patch_embed_lr_mult`` for ``*patch_embed*`` parameters.
-    * ``wd_multiplier = 0`` for biases, anything with "norm" in its name (norm1/norm2/layernorm),
-      LayerScale (``lambda1``/``lambda2``; DINOv2's ``gamma``) and, when ``no_wd_for_tokens``, the
-      cls/mask/register tokens and position embeddings. DINOv2's substring rule does *not* exempt
-      its ``pos_embed``/``cls_token``/``mask_token``; pass ``no_wd_for_tokens=False`` to match it.
+    * ``wd_multiplier = 0`` for exactly what DINOv2's rule exempts (``name.endswith(".bias") or "norm" in name
+      or "gamma" in name``): biases, norms (norm1/norm2/layernorm) and LayerScale (HF ``lambda1``, DINOv2's
+      ``gamma``). The cls/mask/register tokens and position embeddings are decayed, as in DINOv2 pretraining.
+      ``no_wd_for_tokens=True`` also exempts them: the fine-tuning convention of BEiT/MAE/timm
+      (``no_weight_decay() = {pos_embed, cls_token}``), used by ``rad_dino_hf.finetune``.
     * ``is_last_layer`` for parameters of a head's ``last_layer`` (frozen by a zero lr at the start).
 
     Args:
@@ -122,7 +123,7 @@ def param_groups(
         layerwise_decay: per-block lr decay (DINOv2 default 0.9).
         patch_embed_lr_mult: extra lr factor for the patch embedding (DINOv2 default 0.2).
         num_layers: L; inferred from ``config.num_hidden_layers`` or the names if None.
-        no_wd_for_tokens: exempt tokens and position embeddings from weight decay.
+        no_wd_for_tokens: also exempt tokens and position embeddings from weight decay (fine-tuning).
 
     Returns:
         list of param-group dicts, in ``named_parameters`` order.

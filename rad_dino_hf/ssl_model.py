@@ -11,7 +11,7 @@ DINOv2's loss terms from one multi-crop batch, as `dinov2/train/ssl_meta_arch.py
 
 import copy
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -20,7 +20,7 @@ from configuration_rad_dino import RadDinoConfig
 from modeling_rad_dino import RadDinoModel
 from rad_dino_hf.convert import load_dino_head, load_original
 from rad_dino_hf.heads import DinoHead
-from rad_dino_hf.losses import DINOLoss, KoLeoLoss, iBOTPatchLoss
+from rad_dino_hf.losses import DINOLoss, KoLeoLoss, iBOTPatchLoss, target_mutual_information
 from rad_dino_hf.recipe import RecipeConfig
 
 
@@ -31,6 +31,7 @@ def model_config(recipe: RecipeConfig, backbone_config: RadDinoConfig | None = N
     random-architecture fields (`student.hidden_size`, ...; image size = the global crop size). Head fields and the
     student's `drop_path_rate` always come from the recipe, whose head keys are the config's field names within
     their section: `dino.head_n_layers` is `dino_head_n_layers`, `ibot.separate_head` is `ibot_separate_head`.
+    `student.interpolate_offset` (DINOv2's position-embedding interpolation) too; the export resets it to 0.
     """
     student = recipe.student
     if backbone_config is None:
@@ -54,7 +55,8 @@ def model_config(recipe: RecipeConfig, backbone_config: RadDinoConfig | None = N
         for key, value in dataclasses.asdict(getattr(recipe, section)).items()
         if "head" in key
     }
-    return RadDinoConfig.from_dict({**backbone, **heads, "drop_path_rate": student.drop_path_rate})
+    training = {"drop_path_rate": student.drop_path_rate, "interpolate_offset": student.interpolate_offset}
+    return RadDinoConfig.from_dict({**backbone, **heads, **training})
 
 
 class SelfDistillationNetwork(nn.Module):
@@ -76,6 +78,17 @@ class SelfDistillationNetwork(nn.Module):
     @property
     def patch_head(self) -> DinoHead:
         return self.ibot_head if self.ibot_head is not None else self.dino_head
+
+    @property
+    def parts(self) -> dict[str, nn.Module]:
+        """The submodules DINOv2 keeps in its `model.student` dict: `backbone`, `dino_head`, `ibot_head` (if separate).
+
+        DINOv2 clips each one's gradient norm on its own (`rad_dino_hf.trainer.clip_grad_norms`).
+        """
+        parts = {"backbone": self.backbone, "dino_head": self.dino_head}
+        if self.ibot_head is not None:
+            parts["ibot_head"] = self.ibot_head
+        return parts
 
     def forward(
         self,
@@ -155,15 +168,22 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
 
 @dataclass
 class LossTerms:
-    """One step's loss terms (weighted as they enter `total`)."""
+    """One step's loss terms (weighted as they enter `total`) and what the teacher's targets say about the images.
+
+    `target_information`: `{"dino": ..., "ibot": ...}`, the mutual information in nats between a teacher sample (a
+    global crop, a masked patch) and its target over the global batch (`rad_dino_hf.losses.target_mutual_information`);
+    near 0 means the teacher gives every image the same target (collapse).
+    """
 
     total: torch.Tensor
     dino: torch.Tensor
     ibot: torch.Tensor
     koleo: torch.Tensor
+    target_information: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def as_floats(self) -> dict[str, float]:
-        return {name: float(value.detach()) for name, value in vars(self).items()}
+        """The loss terms by name (`total`, `dino`, `ibot`, `koleo`)."""
+        return {name: float(getattr(self, name).detach()) for name in ("total", "dino", "ibot", "koleo")}
 
 
 class SelfDistillationObjective(nn.Module):
@@ -234,4 +254,8 @@ class SelfDistillationObjective(nn.Module):
         dino = self.recipe.dino.loss_weight * dino
         ibot = self.recipe.ibot.loss_weight * ibot
         koleo = self.recipe.dino.koleo_loss_weight * koleo
-        return LossTerms(total=dino + ibot + koleo, dino=dino, ibot=ibot, koleo=koleo)
+        information = {
+            "dino": target_mutual_information(teacher_cls),
+            "ibot": target_mutual_information(teacher_patches),
+        }
+        return LossTerms(total=dino + ibot + koleo, dino=dino, ibot=ibot, koleo=koleo, target_information=information)

@@ -100,6 +100,20 @@ def _all_finite(module: torch.nn.Module) -> bool:
     return all(torch.isfinite(p).all() for p in module.parameters())
 
 
+def clip_grad_norms(parts: dict[str, torch.nn.Module], max_norm: float) -> dict[str, float]:
+    """Clip each part's gradient to norm `max_norm` on its own, as DINOv2's `do_train`
+    (`for v in model.student.values(): v.clip_grad_norm_(clip_grad)`); `max_norm <= 0` measures without clipping.
+
+    Gradients must already be unscaled (fp16) and synchronised (DDP). Under FSDP2 the gradients are DTensors and
+    `clip_grad_norm_` reduces each part's norm over the shards. Returns each part's norm before clipping.
+    """
+    norms = {}
+    for name, part in parts.items():
+        norm = torch.nn.utils.clip_grad_norm_(part.parameters(), max_norm if max_norm > 0 else math.inf)
+        norms[name] = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+    return norms
+
+
 class Pretrainer:
     """Builds everything from a recipe and runs it; `run()` returns a summary dict."""
 
@@ -152,6 +166,8 @@ class Pretrainer:
         self.checkpoint_root = self.output_dir / "checkpoints"
         is_main = self.accelerator.is_main_process
         self.tensorboard = _tensorboard_writer(self.output_dir / TENSORBOARD_DIRNAME) if is_main else None
+        self.low_information_iterations = {"dino": 0, "ibot": 0}  # consecutive iterations below the threshold
+        self.collapse_warned = False
 
     # -- state ----------------------------------------------------------------------------------------------
 
@@ -209,12 +225,17 @@ class Pretrainer:
                 terms = self.objective(self.student, self.teacher, global_crops, local_crops, masks, teacher_temp)
             self.accelerator.backward(terms.total)  # always: DDP ranks must stay in lockstep
             non_finite = self._any_rank(not torch.isfinite(terms.total.detach()))
-            grad_norm = float("nan")
+            grad_norms = {}
             if self.accelerator.sync_gradients:
-                grad_norm = float(self.accelerator.clip_grad_norm_(self.student.parameters(), recipe.optim.clip_grad))
-                non_finite = non_finite or not math.isfinite(grad_norm)
+                # Once for all parts: fp16's GradScaler refuses a second unscale_ before its next update().
+                self.accelerator.unscale_gradients()
+                parts = self.accelerator.unwrap_model(self.student).parts
+                grad_norms = clip_grad_norms(parts, recipe.optim.clip_grad)
+                non_finite = non_finite or not all(map(math.isfinite, grad_norms.values()))
             if not non_finite:
                 self.optimizer.step()
+            elif self.accelerator.scaler is not None and grad_norms:
+                self.accelerator.scaler.update()  # lowers the fp16 loss scale after inf/nan gradients
             self.optimizer.zero_grad(set_to_none=True)
 
         if non_finite:
@@ -239,14 +260,52 @@ class Pretrainer:
         momentum = self.schedules["momentum"][iteration]
         ema_update(self.teacher, self.accelerator.unwrap_model(self.student), momentum)
         self.state.step += 1
+        information = {name: float(value) for name, value in terms.target_information.items()}
+        self._watch_collapse(information)
         return {
             **{f"loss/{name}": value for name, value in terms.as_floats().items()},
+            **{f"mi/{name}": value for name, value in information.items()},
             "lr": lr,
             "wd": wd,
             "momentum": momentum,
             "teacher_temp": teacher_temp,
-            "grad_norm": grad_norm,
+            **{f"grad_norm/{name}": value for name, value in grad_norms.items()},
         }
+
+    def _watch_collapse(self, information: dict[str, float]) -> None:
+        """Warn once per run when a head's teacher target stays (nearly) independent of the image.
+
+        `information`: this iteration's mutual information (nats) between sample and target per head; a head
+        counts as collapsed after `train.collapse_warning_iterations` iterations in a row below
+        `train.collapse_information_nats` (NaN, a batch without masked patches, does not count).
+        """
+        train, teacher = self.recipe.train, self.recipe.teacher
+        for name, value in information.items():
+            low = value < train.collapse_information_nats
+            self.low_information_iterations[name] = self.low_information_iterations[name] + 1 if low else 0
+        patience = train.collapse_warning_iterations
+        stuck = [name for name, count in self.low_information_iterations.items() if count >= patience]
+        if self.collapse_warned or patience <= 0 or not stuck:
+            return
+        self.collapse_warned = True
+        if not self.accelerator.is_main_process:
+            return
+        warmup = self.recipe.optim.warmup_epochs * train.official_epoch_length
+        logger.warning(
+            "Collapse: the teacher's %s targets have carried less than %g nats of information about the image for %d "
+            "iterations (now %s): every image gets the same target, and the student learns nothing from it. "
+            "Usual causes from scratch: LayerScale so small that all images' CLS tokens are equal (raise "
+            "student.layerscale_value, e.g. to 0.1-1.0); targets too flat (lower teacher.teacher_temp and "
+            "teacher.warmup_teacher_temp, e.g. to 0.02); a teacher slower than the warmup (EMA time constant "
+            "1 / (1 - teacher.momentum_teacher) = %.0f iterations vs %d warmup iterations: lower the momentum or "
+            "lengthen optim.warmup_epochs).",
+            " and ".join(name.upper() if name == "dino" else "iBOT" for name in stuck),
+            train.collapse_information_nats,
+            patience,
+            ", ".join(f"{name} {information[name]:.3g}" for name in stuck),
+            1 / max(1 - teacher.momentum_teacher, 1e-12),
+            warmup,
+        )
 
     # -- the run --------------------------------------------------------------------------------------------
 
@@ -321,12 +380,15 @@ class Pretrainer:
                 if name != "step":
                     self.tensorboard.add_scalar(name, value, values["step"])
         logger.info(
-            "it %d | loss %.4f (dino %.4f ibot %.4f koleo %.4f) | lr %.2e wd %.3f mom %.4f T %.3f | %.1f img/s",
+            "it %d | loss %.4f (dino %.4f ibot %.4f koleo %.4f) | MI dino %.3f ibot %.3f | lr %.2e wd %.3f mom %.4f "
+            "T %.3f | %.1f img/s",
             values["step"],
             values["loss/total"],
             values["loss/dino"],
             values["loss/ibot"],
             values["loss/koleo"],
+            values["mi/dino"],
+            values["mi/ibot"],
             values["lr"],
             values["wd"],
             values["momentum"],

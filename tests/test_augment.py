@@ -113,6 +113,37 @@ def test_blur_quirk_inverts_probabilities():
     assert MultiCropAugmentation().blur_probabilities == (1.0, 0.1, 0.5)
 
 
+@pytest.mark.parametrize("quirk, expected", [(False, (1.0, 0.1, 0.5)), (True, (0.0, 0.9, 0.5))])
+def test_blur_quirk_blurs_crops_at_its_rates(quirk, expected):
+    """Blur frequency per crop, seen in the crops: each crop is compared with the same draw without blur (blur
+    draws its coin and sigma either way, so the two generators stay in step and only blurred crops differ)."""
+    geometry = dict(global_crops_size=28, local_crops_size=14, local_crops_number=4, solarize_probability=0.0)
+    augmentation = MultiCropAugmentation(dinov2_blur_quirk=quirk, **geometry)
+    no_blur = MultiCropAugmentation(blur_probabilities=(0.0, 0.0, 0.0), **geometry)
+    n_images, counts = 200, torch.zeros(3)
+    for seed in range(n_images):
+        image = radiograph(64, 64, seed)
+        blurred = augmentation(image, torch.Generator().manual_seed(seed))
+        plain = no_blur(image, torch.Generator().manual_seed(seed))
+        crops = zip(blurred["global_crops"] + blurred["local_crops"], plain["global_crops"] + plain["local_crops"])
+        changed = [not torch.equal(a, b) for a, b in crops]
+        counts += torch.tensor([changed[0], changed[1], sum(changed[2:]) / 4])
+    rates = (counts / n_images).tolist()
+    # A blur with sigma near 0.1 leaves a float32 crop unchanged (~2 % of draws): blurred crops show a little less.
+    assert rates[0] == pytest.approx(expected[0], abs=0.05) and rates[1] == pytest.approx(expected[1], abs=0.07)
+    assert rates[2] == pytest.approx(expected[2], abs=0.07)
+
+
+@pytest.mark.parametrize("config", ["rad_dino_vitb14.yaml", "rad_dino_vitb14_highres.yaml"])
+def test_rad_dino_configs_blur_as_rad_dino_trained(config):
+    from pathlib import Path
+
+    from rad_dino_hf.recipe import RecipeConfig
+
+    crops = RecipeConfig.from_yaml(Path(__file__).resolve().parents[1] / "configs" / config).crops
+    assert MultiCropAugmentation.from_config(crops).blur_probabilities == pytest.approx((0.0, 0.9, 0.5))
+
+
 @pytest.mark.parametrize("source", ["recipe", "defaults"])
 def test_pretraining_normalisation_is_the_processors(source):
     """Crops of a flat grey image equal the inference processor's output for it: the encoder sees the same

@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy.spatial.distance import cdist
 
-from rad_dino_hf.losses import DINOLoss, KoLeoLoss, iBOTPatchLoss
+from rad_dino_hf.losses import DINOLoss, KoLeoLoss, iBOTPatchLoss, target_mutual_information
 from rad_dino_hf.losses.ibot_patch_loss import masks_weight_from_masks
 
 STUDENT_T = [[0.2, -0.1, 0.05], [-0.3, 0.4, 0.0]]  # (2, 3) student logits
@@ -159,6 +159,40 @@ def test_koleo_gradient_spreads_points():
     assert smallest_distance(x.detach()) > 1.5 * start
 
 
+# ----------------------------------------------------------------------------- collapse monitor
+
+
+def hand_mutual_information(rows):
+    """H(mean row) - mean H(row), with math-module loops (0 log 0 = 0)."""
+
+    def entropy(p):
+        return -sum(x * math.log(x) for x in p if x > 0)
+
+    mean = [sum(column) / len(rows) for column in zip(*rows)]
+    return entropy(mean) - sum(entropy(row) for row in rows) / len(rows)
+
+
+def test_target_information_identical_rows_is_zero():
+    for row in ([0.7, 0.2, 0.1], [1.0, 0.0, 0.0], [1 / 3] * 3):  # peaked, one-hot, uniform: 0 whatever the shape
+        assert float(target_mutual_information(torch.tensor([row] * 5))) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("batch", [2, 5, 8])
+def test_target_information_distinct_one_hot_rows_is_log_batch(batch):
+    probs = torch.eye(8)[torch.randperm(8, generator=torch.Generator().manual_seed(batch))[:batch]]
+    assert float(target_mutual_information(probs)) == pytest.approx(math.log(batch), rel=1e-6)
+
+
+def test_target_information_matches_hand_computation():
+    rows = [[1.0, 0.0], [0.5, 0.5]]  # mean (0.75, 0.25): H = 0.5623, mean H = ln(2) / 2
+    expected = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25)) - math.log(2) / 2
+    assert float(target_mutual_information(torch.tensor(rows))) == pytest.approx(expected, rel=1e-6)
+    assert float(target_mutual_information(torch.tensor(TEACHER_P))) == pytest.approx(
+        hand_mutual_information(TEACHER_P), rel=1e-6
+    )
+    assert math.isnan(float(target_mutual_information(torch.zeros(0, 3))))  # no masked patch anywhere
+
+
 # ----------------------------------------------------------------------------- distributed
 
 
@@ -174,7 +208,8 @@ def _dist_worker(rank, world, port, logits, out_dir):
         dino.update_center(local)
         n_local = torch.tensor(local.shape[0])
         ibot = iBOTPatchLoss(local.shape[1]).sinkhorn_knopp_teacher(local, 0.3, n_local)
-        torch.save({"sk": sk, "center": dino.center, "ibot": ibot, "n": int(n_local)}, f"{out_dir}/{rank}.pt")
+        mi = target_mutual_information(torch.softmax(local / 0.3, dim=-1))
+        torch.save({"sk": sk, "center": dino.center, "ibot": ibot, "n": int(n_local), "mi": mi}, f"{out_dir}/{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -207,3 +242,7 @@ def test_distributed_sinkhorn_and_center_equal_single_process(tmp_path):
     expected_center = [0.1 * sum(col) / 4 for col in zip(*logits)]
     for r in res:
         assert r["center"].flatten().tolist() == pytest.approx(expected_center, rel=1e-6)
+    # The collapse monitor's batch is the global one: each rank reports the whole batch's mutual information.
+    softmax = [[math.exp(x / 0.3) / sum(math.exp(y / 0.3) for y in row) for x in row] for row in logits]
+    for r in res:
+        assert float(r["mi"]) == pytest.approx(hand_mutual_information(softmax), rel=1e-5)

@@ -1,6 +1,7 @@
 """RadDinoModel: release-format save/load, remote code, outputs, masking, attention backends, full-size shapes."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -165,3 +166,70 @@ def test_full_size_random_model_shapes_and_parameter_count():
 def test_wrong_channel_count_is_a_clear_error(tiny_model, bad_shape):
     with pytest.raises(ValueError, match="channel"):
         tiny_model(torch.zeros(bad_shape))
+
+
+def _with_offset(model: RadDinoModel, offset: float) -> RadDinoModel:
+    config = RadDinoConfig.from_dict({**model.config.to_dict(), "interpolate_offset": offset})
+    other = RadDinoModel(config).eval()
+    other.load_state_dict(model.state_dict())
+    return other
+
+
+@pytest.mark.parametrize("height, width", [(28, 42), (70, 28), (84, 84)])
+def test_interpolation_off_is_transformers_dinov2(tiny_model, height, width):
+    """Default (offset 0): position embeddings resize as a stock `Dinov2Model`'s at any input size."""
+    stock = Dinov2Model(Dinov2Config.from_dict(tiny_model.config.to_dict())).eval()
+    stock.load_state_dict(tiny_model.state_dict())
+    pixels = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(tiny_model(pixels).last_hidden_state, stock(pixels).last_hidden_state)
+
+
+@pytest.mark.parametrize("height, width", [(28, 42), (70, 28), (84, 84)])
+def test_interpolation_offset_follows_dinov2_formula(tiny_model, height, width):
+    """Offset 0.1: DINOv2's `interpolate_pos_encoding`, bicubic with scale factor ((grid + 0.1) / M) per axis."""
+    model = _with_offset(tiny_model, 0.1)
+    embeddings, side = model.embeddings, 4  # 56 px / 14: a 4 x 4 native grid
+    rows, columns = height // 14, width // 14
+    pixels = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(0))
+    position = embeddings.position_embeddings.detach()
+    grid = position[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
+    scaled = torch.nn.functional.interpolate(
+        grid, scale_factor=((rows + 0.1) / side, (columns + 0.1) / side), mode="bicubic", align_corners=False
+    )
+    expected = torch.cat([position[:, :1], scaled.permute(0, 2, 3, 1).flatten(1, 2)], dim=1)
+    with torch.no_grad():
+        tokens = torch.cat([embeddings.cls_token.expand(2, -1, -1), embeddings.patch_embeddings(pixels)], dim=1)
+        torch.testing.assert_close(embeddings(pixels), tokens + expected, rtol=0, atol=1e-6)
+        by_size = torch.nn.functional.interpolate(grid, size=(rows, columns), mode="bicubic", align_corners=False)
+        assert not torch.allclose(scaled, by_size, atol=1e-4)  # the option changes something here
+
+
+def _bicubic_1d(values: list[float], source: float, a: float = -0.75) -> float:
+    """Cubic convolution (Keys, a = -0.75 as PyTorch) of `values` at `source`, edge indices clamped."""
+
+    def weight(x: float) -> float:
+        x = abs(x)
+        return (a + 2) * x**3 - (a + 3) * x**2 + 1 if x <= 1 else a * x**3 - 5 * a * x**2 + 8 * a * x - 4 * a
+
+    start = math.floor(source)
+    taps = range(start - 1, start + 3)
+    return sum(weight(source - k) * values[min(max(k, 0), len(values) - 1)] for k in taps)
+
+
+def test_interpolation_offset_samples_at_the_scale_factor_positions(tiny_model):
+    """Independent of `interpolate`: on a position grid that varies along rows only, output row i is the cubic
+    convolution of the rows at (i + 0.5) * M / (rows + 0.1) - 0.5 with DINOv2's offset (the scale factor's
+    positions), at (i + 0.5) * M / rows - 0.5 without (transformers: the output size's)."""
+    config = RadDinoConfig.from_dict({**tiny_model.config.to_dict(), "image_size": 112})  # 8 x 8 grid
+    row_values = [0.0, 1.0, 4.0, 2.0, -3.0, 5.0, 0.5, 1.5]
+    for offset in (0.0, 0.1):
+        model = _with_offset(RadDinoModel(config), offset)
+        with torch.no_grad():
+            grid = torch.tensor(row_values).view(8, 1, 1).expand(8, 8, model.config.hidden_size)
+            model.embeddings.position_embeddings[0, 1:] = grid.flatten(0, 1)
+            pixels = torch.zeros(1, 3, 70, 112)  # 5 rows, 8 columns
+            position = model.embeddings.interpolate_pos_encoding(model.embeddings(pixels), 70, 112)
+        got = position[0, 1:, 0].view(5, 8)[:, 3]
+        expected = [_bicubic_1d(row_values, (i + 0.5) * 8 / (5 + offset) - 0.5) for i in range(5)]
+        torch.testing.assert_close(got, torch.tensor(expected), rtol=0, atol=1e-5)

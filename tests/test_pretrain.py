@@ -1,6 +1,7 @@
 """Pretraining runs end to end on tiny models: exact resume, crash safety, bad data, NaN, DDP, export."""
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -22,7 +23,7 @@ from rad_dino_hf.checkpoint import latest_checkpoint
 from rad_dino_hf.convert import DINO_HEAD_FILENAME, load_dino_head
 from rad_dino_hf.heads import DinoHead
 from rad_dino_hf.recipe import RecipeConfig
-from rad_dino_hf.trainer import NonFiniteLossError
+from rad_dino_hf.trainer import NonFiniteLossError, clip_grad_norms
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = REPO_ROOT / "data" / "sample" / "images"
@@ -96,11 +97,14 @@ def test_export_loads_as_plain_dinov2(tmp_path, images):
     model = AutoModel.from_pretrained(export).eval()
     assert type(model) is Dinov2Model and model.config.hidden_size == 32
     ours = RadDinoModel.from_pretrained(export).eval()
-    pixels = torch.randn(2, 3, 56, 56, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(model(pixels).last_hidden_state, ours(pixels).last_hidden_state)
+    for size in [(56, 56), (42, 70)]:  # native grid, and one that interpolates position embeddings
+        pixels = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(0))
+        assert torch.equal(model(pixels).last_hidden_state, ours(pixels).last_hidden_state)
     # The teacher's config, as trained: the recipe's heads, no stochastic depth; it rebuilds the shipped head.
+    # Trained with DINOv2's position interpolation (recipe default 0.1), exported with transformers' (0).
     config = json.loads((export / "config.json").read_text())
     assert (config["dino_head_n_prototypes"], config["dino_head_hidden_size"], config["drop_path_rate"]) == (64, 32, 0)
+    assert config["interpolate_offset"] == 0.0
     head = load_dino_head(export / DINO_HEAD_FILENAME, ours.config)
     assert head.last_layer.weight.shape == (64, 16)
     assert "## This checkpoint" in (export / "README.md").read_text()
@@ -334,5 +338,70 @@ def test_model_config_takes_heads_from_the_recipe_and_the_backbone_from_its_sour
     derived = ssl_model.model_config(recipe, pretrained)
     assert (derived.hidden_size, derived.num_hidden_layers, derived.image_size) == (48, 3, 518)
     assert (derived.dino_head_n_prototypes, derived.drop_path_rate) == (64, 0.1)
+    assert random.interpolate_offset == derived.interpolate_offset == 0.1  # DINOv2's interpolation in pretraining
+    teacher = ssl_model.make_teacher(ssl_model.SelfDistillationNetwork(derived))
+    assert teacher.config.interpolate_offset == 0.1
     with pytest.raises(ValueError, match="patch size"):
         ssl_model.model_config(recipe, RadDinoConfig(patch_size=16))
+
+
+def _network_with_gradients(norms: dict[str, float]) -> ssl_model.SelfDistillationNetwork:
+    """A tiny network (separate iBOT head) whose parts' gradients have the given norms (random directions)."""
+    recipe = RecipeConfig.from_dict({**TINY_RECIPE, "ibot": {**TINY_RECIPE["ibot"], "separate_head": True}})
+    network = ssl_model.SelfDistillationNetwork(ssl_model.model_config(recipe))
+    generator = torch.Generator().manual_seed(0)
+    for name, part in network.parts.items():
+        grads = [torch.randn(p.shape, generator=generator) for p in part.parameters()]
+        total = math.sqrt(sum(float((g**2).sum()) for g in grads))
+        for p, g in zip(part.parameters(), grads):
+            p.grad = g * norms[name] / total
+    return network
+
+
+def test_gradients_are_clipped_per_part_as_dinov2():
+    """DINOv2 clips backbone, DINO head and iBOT head separately: each part's norm ends at most `clip`, scaled by
+    clip / its own norm; a part under the limit keeps its gradient exactly."""
+    norms = {"backbone": 5.0, "dino_head": 30.0, "ibot_head": 1.0}
+    network = _network_with_gradients(norms)
+    before = {name: [p.grad.clone() for p in part.parameters()] for name, part in network.parts.items()}
+    measured = clip_grad_norms(network.parts, 3.0)
+    assert measured == pytest.approx(norms, rel=1e-5)
+    for name, part in network.parts.items():
+        factor = min(1.0, 3.0 / (norms[name] + 1e-6))  # torch's clip coefficient
+        after = [p.grad for p in part.parameters()]
+        for old, new in zip(before[name], after):
+            torch.testing.assert_close(new, old * factor, rtol=1e-6, atol=0)
+        norm = math.sqrt(sum(float((g**2).sum()) for g in after))
+        assert norm == pytest.approx(min(norms[name], 3.0), rel=1e-5)
+    assert all(torch.equal(old, p.grad) for old, p in zip(before["ibot_head"], network.ibot_head.parameters()))
+    # One norm over everything (the trainer's former rule) would have shrunk the backbone by 3 / 30.4, not 3 / 5.
+    unclipped = clip_grad_norms(_network_with_gradients(norms).parts, 0.0)
+    assert unclipped == pytest.approx(norms, rel=1e-5)
+
+
+def test_collapse_is_logged_and_warned_once(tmp_path, images, monkeypatch, capfd):
+    """A teacher that gives every sample the same target: image-target MI 0 in metrics.jsonl, one warning."""
+    targets = ssl_model.SelfDistillationObjective.teacher_targets
+
+    def constant_teacher(self, *args, **kwargs):
+        cls, patches = targets(self, *args, **kwargs)
+        return torch.full_like(cls, 1 / cls.shape[1]), torch.full_like(patches, 1 / patches.shape[1])
+
+    monkeypatch.setattr(ssl_model.SelfDistillationObjective, "teacher_targets", constant_teacher)
+    run(write_recipe(tmp_path, images, collapse_warning_iterations=2), "--set", "train.max_iterations=5")
+    warnings = [line for line in capfd.readouterr().err.splitlines() if "Collapse:" in line]
+    assert len(warnings) == 1 and "DINO and iBOT targets" in warnings[0] and "layerscale" in warnings[0]
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 5
+    for row in metrics:
+        assert abs(row["mi/dino"]) < 1e-6 and (abs(row["mi/ibot"]) < 1e-6 or math.isnan(row["mi/ibot"]))
+        assert {"grad_norm/backbone", "grad_norm/dino_head"} <= set(row)
+
+
+def test_varied_targets_are_not_a_collapse(tmp_path, images, capfd):
+    """The real teacher with a large LayerScale: targets differ between images, the MI is logged, no warning."""
+    config = write_recipe(tmp_path, images, collapse_warning_iterations=2)
+    run(config, "--set", "train.max_iterations=3", "student.layerscale_value=1.0", "teacher.warmup_teacher_temp=0.01")
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(row["mi/dino"] > 0.05 for row in metrics), [row["mi/dino"] for row in metrics]
+    assert "Collapse:" not in capfd.readouterr().err

@@ -64,8 +64,11 @@ def tiny_dinov2():
     return Dinov2Model(cfg)
 
 
-def expected_multipliers(name, num_layers=2, decay=0.9, patch_mult=0.2):
-    """Independent statement of the DINOv2 rule for HF names (layer ids: 0 embed, i+1 block, L+1 rest)."""
+def expected_multipliers(name, num_layers=2, decay=0.9, patch_mult=0.2, tokens_decayed=True):
+    """Independent statement of the DINOv2 rule for HF names (layer ids: 0 embed, i+1 block, L+1 rest).
+
+    Weight decay: DINOv2's `get_params_groups_with_decay` exempts `name.endswith(".bias") or "norm" in name or
+    "gamma" in name`; HF calls LayerScale's `gamma` `lambda1`. Tokens and position embeddings are decayed."""
     short = name.split("backbone.", 1)[-1]
     if short.startswith("embeddings."):
         layer_id = 0
@@ -75,7 +78,8 @@ def expected_multipliers(name, num_layers=2, decay=0.9, patch_mult=0.2):
         layer_id = num_layers + 1
     lr = decay ** (num_layers + 1 - layer_id) * (patch_mult if "patch_embeddings" in short else 1.0)
     leaf = short.split(".")[-1]
-    no_wd = leaf in {"bias", "lambda1", "cls_token", "mask_token", "position_embeddings"} or "norm" in short
+    exempt = {"bias", "lambda1"} | (set() if tokens_decayed else {"cls_token", "mask_token", "position_embeddings"})
+    no_wd = leaf in exempt or "norm" in short
     return lr, 0.0 if no_wd else 1.0
 
 
@@ -90,9 +94,9 @@ def test_param_groups_hf_names():
     assert groups["encoder.layer.0.attention.q_proj.weight"]["lr_multiplier"] == pytest.approx(0.81)
     assert groups["encoder.layer.1.mlp.fc1.weight"]["lr_multiplier"] == pytest.approx(0.9)
     assert groups["layernorm.weight"]["lr_multiplier"] == 1.0
+    for decayed in ["embeddings.cls_token", "embeddings.mask_token", "embeddings.position_embeddings"]:
+        assert groups[decayed]["wd_multiplier"] == 1.0, decayed  # as DINOv2's pos_embed, cls_token, mask_token
     for zero_wd in [
-        "embeddings.cls_token",
-        "embeddings.position_embeddings",
         "encoder.layer.1.layer_scale1.lambda1",
         "encoder.layer.0.norm1.weight",
         "encoder.layer.0.attention.q_proj.bias",
@@ -100,9 +104,11 @@ def test_param_groups_hf_names():
     ]:
         assert groups[zero_wd]["wd_multiplier"] == 0.0
     assert groups["encoder.layer.0.attention.q_proj.weight"]["wd_multiplier"] == 1.0
-    # DINOv2's literal substring rule keeps weight decay on tokens / position embeddings
-    raw = {g["name"]: g for g in param_groups(tiny_dinov2(), 0.04, no_wd_for_tokens=False)}
-    assert raw["embeddings.cls_token"]["wd_multiplier"] == 1.0
+    # The fine-tuning option also exempts tokens and position embeddings, and changes nothing else.
+    finetune = {g["name"]: g for g in param_groups(tiny_dinov2(), 0.04, no_wd_for_tokens=True)}
+    for name, g in finetune.items():
+        assert g["wd_multiplier"] == expected_multipliers(name, tokens_decayed=False)[1], name
+    assert finetune["embeddings.cls_token"]["wd_multiplier"] == 0.0
 
 
 class Wrapper(nn.Module):
