@@ -406,6 +406,8 @@ class Pretrainer:
             "world_size": accelerator.num_processes,
             "replica_digests": digests,
             "teacher_digests": teacher_digests,
+            # This process's peak since it started (CUDA only): what a GPU needs to hold this recipe.
+            "peak_gpu_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
         }
         summary.pop("dataloader_state")
         summary.pop("mask_rng_state")
