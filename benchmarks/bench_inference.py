@@ -200,9 +200,10 @@ def alarm(seconds: int):
 
 
 @contextlib.contextmanager
-def variant_context(variant: str):
+def variant_context(variant: str, device_type: str = "cpu"):
+    """The numeric setting a variant runs under; `bf16-autocast` autocasts on `device_type` ("cpu" or "cuda")."""
     if variant == "bf16-autocast":
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(device_type, dtype=torch.bfloat16):
             yield
     elif variant == "matmul-medium":
         previous = torch.get_float32_matmul_precision()
