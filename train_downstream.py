@@ -1,7 +1,8 @@
 """Downstream use of a RAD-DINO encoder. `python train_downstream.py COMMAND --help` describes each command.
 
 Commands:
-  features      encode a folder of radiographs (PNG, JPEG, 16-bit, DICOM): CLS + patch features, patch-PCA picture
+  features      encode images, DICOM, tables or Hub datasets into an embeddings dataset (Parquet shards; resumable)
+  similar       most similar images in an embeddings dataset (table + contact sheet); --duplicates: near-duplicates
   visualize     patch-feature PCA and the last layer's CLS attention per head, for each image or DICOM given
   segment       segmentation decoder on a frozen encoder's patch maps; lung Dice, overlays, saved model
   linear-probe  logistic regression on frozen features of a labelled table (CSV, parquet, JSON lines, folder with a
@@ -37,7 +38,7 @@ import dataclasses
 import logging
 
 from rad_dino_hf.distributed import make_accelerator
-from rad_dino_hf.tasks import demographics, features, finetune, knn, linear_probe, report, segment, visualize
+from rad_dino_hf.tasks import demographics, features, finetune, knn, linear_probe, report, segment, similar, visualize
 from rad_dino_hf.tasks.arguments import AcceleratorOptions, from_namespace
 
 TASKS = {
@@ -49,6 +50,7 @@ TASKS = {
     "demographics": demographics,
     "finetune": finetune,
     "report": report,
+    "similar": similar,
 }
 
 

@@ -5,16 +5,25 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import gather_object
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from configuration_rad_dino import RadDinoConfig
 from image_processing_rad_dino import RadDinoImageProcessor
 from modeling_rad_dino import RadDinoModel
-from rad_dino_hf.data import IMAGE_SUFFIXES
+from rad_dino_hf.embeddings import (
+    ERRORS_FILE,
+    METADATA_FILE,
+    SHARD_GLOB,
+    EmbeddingSettings,
+    files_source,
+    read_embeddings,
+    read_metadata,
+    vectors,
+    write_embeddings,
+)
 from rad_dino_hf.fingerprint import files_digest, parameter_digest
 
 logger = logging.getLogger(__name__)
@@ -54,17 +63,6 @@ def load_encoder(
         return load_encoder(RANDOM_INIT)
 
 
-def list_images(folder: str | Path) -> list[Path]:
-    """Image and DICOM files under `folder`, sorted, recursively."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"Image folder not found: {folder}")
-    files = sorted(path for path in folder.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise FileNotFoundError(f"No images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {folder}")
-    return files
-
-
 @torch.inference_mode()
 def extract_features(
     model: RadDinoModel,
@@ -72,22 +70,12 @@ def extract_features(
     files: Sequence[Path],
     batch_size: int = 4,
     progress: bool = True,
-    accelerator: Accelerator | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Encode `files` with `model`.
+    """Encode `files` with `model` in memory (small sets; `rad_dino_hf.embeddings` writes large ones to disk).
 
-    Returns `cls` `(N, D)` and `patch` `(N, D, H/p, W/p)` float32 CPU tensors, in the order of `files`. With an
-    `accelerator` (e.g. under `accelerate launch`), each process encodes a contiguous share of `files` on its
-    device and every process gets all features back.
+    Returns `cls` `(N, D)` and `patch` `(N, D, H/p, W/p)` float32 CPU tensors, in the order of `files`.
     """
-    if accelerator is not None and accelerator.num_processes > 1:
-        with accelerator.split_between_processes(list(range(len(files)))) as share:
-            local = extract_features(model, processor, [files[i] for i in share], batch_size, progress)
-        # Shares are contiguous and in rank order, so concatenating the gathered shares restores the file order.
-        shares = gather_object([local])
-        return {name: torch.cat([share[name] for share in shares]) for name in local}
-    device = accelerator.device if accelerator is not None else next(model.parameters()).device
-    model = model.to(device)
+    device = next(model.parameters()).device
     cls_batches, patch_batches = [], []
     with tqdm(total=len(files), desc="Encoding", unit="img", disable=not progress) as bar:
         for start in range(0, len(files), batch_size):
@@ -98,12 +86,6 @@ def extract_features(
             cls_batches.append(output.cls_embeddings.float().cpu())
             patch_batches.append(output.patch_embeddings.float().cpu())
             bar.update(len(batch_files))
-    if not files:  # a process with no share
-        hidden, patch, crop = model.config.hidden_size, model.config.patch_size, processor.crop_size
-        return {
-            "cls": torch.empty(0, hidden),
-            "patch": torch.empty(0, hidden, crop["height"] // patch, crop["width"] // patch),
-        }
     return {"cls": torch.cat(cls_batches), "patch": torch.cat(patch_batches)}
 
 
@@ -115,25 +97,77 @@ def cached_features(
     batch_size: int = 4,
     progress: bool = True,
     accelerator: Accelerator | None = None,
+    patches: bool = True,
 ) -> tuple[dict[str, torch.Tensor], bool]:
-    """`extract_features`, cached in `cache_dir` as safetensors keyed by weights, config, preprocessing and files.
+    """Features of `files` from the embeddings datasets in `cache_dir`, encoding only the files none holds.
 
-    Returns the features and whether they came from the cache (then the encoder did not run). With several
-    processes, they share the encoding and the main process writes the cache entry.
+    The cache keeps one folder per encoder (weights, config, preprocessing) holding fp32 embeddings datasets
+    (`rad_dino_hf.embeddings`), one per set of newly encoded files; a file's row is found by its resolved path, size
+    and modification time. Returns `cls` `(N, D)`, `mean_patch` `(N, D)` and, with `patches`, `patch`
+    `(N, D, h, w)` float32 tensors in the order of `files`, and whether every file came from the cache (then the
+    encoder did not run). Under several processes each encodes its shards; all read the result back from disk.
+    Unreadable files are an error naming them.
     """
     key = hashlib.sha256(
-        "|".join(
-            [parameter_digest(model), model.config.to_json_string(), processor.to_json_string(), files_digest(files)]
-        ).encode()
+        "|".join([parameter_digest(model), model.config.to_json_string(), processor.to_json_string()]).encode()
     ).hexdigest()[:32]
-    path = Path(cache_dir) / f"{key}.safetensors"
-    if path.exists():
-        logger.info("Features from cache %s", path)
-        return load_file(path), True
-    features = extract_features(model, processor, files, batch_size, progress, accelerator)
-    if accelerator is None or accelerator.is_main_process:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        save_file({name: tensor.contiguous() for name, tensor in features.items()}, tmp)
-        tmp.replace(path)  # a killed run never leaves a truncated cache entry
-    return features, False
+    root = Path(cache_dir) / key
+    wanted = [_file_key(path) for path in files]
+    found = _cached_rows(root, set(wanted), patches)
+    missing = sorted({path for path, key in zip(files, wanted) if key not in found}, key=str)
+    if accelerator is not None:
+        accelerator.wait_for_everyone()  # everyone has looked before anyone writes
+    if missing:
+        world_size = accelerator.num_processes if accelerator else 1
+        settings = EmbeddingSettings(
+            batch_size=batch_size,
+            shard_size=min(CACHE_SHARD_SIZE, -(-len(missing) // world_size)),
+            patches="fp32" if patches else None,
+            progress=progress,
+        )
+        part = root / f"part-{files_digest(missing)[:16]}-{'patches' if patches else 'vectors'}"
+        summary = write_embeddings(model, processor, files_source(missing), part, settings, accelerator=accelerator)
+        if summary["errors"]:
+            errors = (part / ERRORS_FILE).read_text().splitlines()[:5]
+            raise ValueError(f"{summary['errors']} unreadable images, e.g. {'; '.join(errors)}")
+        found = _cached_rows(root, set(wanted), patches)
+    else:
+        logger.info("Features of %d images from the cache %s", len(files), root)
+    rows = [found[key] for key in wanted]
+    features = {name: torch.from_numpy(np.stack([row[name] for row in rows])) for name in ("cls", "mean_patch")}
+    if patches:
+        features["patch"] = torch.from_numpy(np.stack([row["patch"] for row in rows]))
+    return features, not missing
+
+
+CACHE_SHARD_SIZE = 256
+
+
+def _file_key(path: str | Path) -> tuple[str, int, int]:
+    stat = Path(path).stat()
+    return str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns
+
+
+def _cached_rows(root: Path, wanted: set[tuple[str, int, int]], patches: bool) -> dict[tuple[str, int, int], dict]:
+    """The cached vectors (`cls`, `mean_patch`, with `patches` `patch` `(D, h, w)`) of the `wanted` files' current
+    versions, from the complete shards of every dataset under `root` that stores what is asked for."""
+    found = {}
+    for part in sorted(root.glob("part-*")):
+        if not (part / METADATA_FILE).is_file() or not any(part.glob(SHARD_GLOB)):
+            continue
+        metadata = read_metadata(part)
+        if patches and metadata["patches"] != "fp32":
+            continue
+        table = read_embeddings(part, ["path", "file_size", "file_mtime_ns"])
+        keys = list(zip(*(table.column(name).to_pylist() for name in ("path", "file_size", "file_mtime_ns"))))
+        rows = [row for row, key in enumerate(keys) if key in wanted and key not in found]
+        if not rows:
+            continue
+        columns = ["cls", "mean_patch"] + (["patch"] if patches else [])
+        table = read_embeddings(part, columns).take(rows)
+        arrays = {name: vectors(table, name) for name in columns}
+        for position, row in enumerate(rows):
+            found[keys[row]] = {name: arrays[name][position] for name in columns}
+            if patches:
+                found[keys[row]]["patch"] = found[keys[row]]["patch"].reshape(metadata["patch_shape"])
+    return found

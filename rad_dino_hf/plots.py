@@ -117,6 +117,21 @@ def save_attention_figure(image: np.ndarray, maps: np.ndarray, pca_rgb: np.ndarr
     return save_figure(figure, path)
 
 
+def save_contact_sheet(rows: Sequence[Sequence[tuple[np.ndarray | None, str]]], path: str | Path) -> Path:
+    """One row per query: the query's image, then its neighbours', each `(grey (H, W) image or None, title)`."""
+    columns = max(len(row) for row in rows)
+    figure, axes = plt.subplots(len(rows), columns, figsize=(1.9 * columns, 2.1 * len(rows)), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for row_axes, row in zip(axes, rows):
+        for axis, (image, title) in zip(row_axes, row):
+            if image is not None:
+                axis.imshow(image, cmap="gray", vmin=0, vmax=1)
+            axis.set_title(title, fontsize=6)
+    figure.tight_layout()
+    return save_figure(figure, path)
+
+
 def plot_loss_curves(
     curves: dict[str, Sequence[float]],
     path: str | Path,

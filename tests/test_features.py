@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 from sklearn.decomposition import PCA
 
 import train_downstream
 from image_processing_rad_dino import RadDinoImageProcessor
-from rad_dino_hf.features import extract_features, list_images
+from rad_dino_hf.embeddings import list_images, read_embeddings, vectors
+from rad_dino_hf.features import extract_features
 from rad_dino_hf.plots import patch_pca_rgb
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -60,10 +60,10 @@ def test_features_command_writes_outputs(tiny_model, tiny_processor, tmp_path):
     (images / "notes.txt").write_text("ignored: not an image suffix")
     output = tmp_path / "out"
     train_downstream.main(["features", "--images", str(images), "--model", str(model_dir), "--output", str(output)])
-    saved = load_file(output / "features.safetensors")
-    assert saved["cls"].shape == (3, 64) and saved["patch"].shape == (3, 64, 4, 4)
+    saved = read_embeddings(output)
+    assert vectors(saved, "cls").shape == (3, 64) and "patch" not in saved.column_names  # rows: test_embeddings
     summary = json.loads((output / "summary.json").read_text())
-    assert summary["images"] == 3 and summary["model"] == str(model_dir)
+    assert summary["rows"] == 3 and summary["errors"] == 0 and summary["model"] == str(model_dir)
     assert (output / "patch_pca.png").stat().st_size > 1000
 
 
@@ -89,9 +89,18 @@ def test_feature_cache_hit_is_identical_and_skips_the_encoder(tiny_model, tiny_p
     monkeypatch.setattr(tiny_model, "forward", no_encoder)
     second, hit = cached_features(tiny_model, tiny_processor, files, tmp_path, progress=False)
     assert hit and all(torch.equal(first[name], second[name]) for name in first)
+    subset, hit = cached_features(tiny_model, tiny_processor, files[2:0:-1], tmp_path, progress=False)
+    assert hit and torch.equal(subset["cls"], first["cls"][[2, 1]])  # rows looked up by path
     monkeypatch.undo()
-    other, hit = cached_features(tiny_model, tiny_processor, files[:2], tmp_path, progress=False)
-    assert not hit and other["cls"].shape[0] == 2  # different files, different key
+    reference = extract_features(tiny_model, tiny_processor, files, progress=False)
+    assert torch.equal(first["cls"], reference["cls"]) and torch.equal(first["patch"], reference["patch"])
+    assert torch.equal(first["mean_patch"], reference["patch"].mean(dim=(2, 3)))
+    copy = tmp_path / "copy.png"
+    copy.write_bytes(files[0].read_bytes())
+    other, hit = cached_features(tiny_model, tiny_processor, [files[0], copy], tmp_path, progress=False)
+    assert not hit and torch.equal(other["cls"][1], first["cls"][0])  # a new file is encoded, the rest read
+    os.utime(copy, ns=(0, 0))  # a changed file is a new file
+    assert not cached_features(tiny_model, tiny_processor, [copy], tmp_path, progress=False)[1]
 
 
 def test_linear_probe_command(tiny_model_dir, labelled_sample_csv, tmp_path):
@@ -122,8 +131,8 @@ def test_linear_probe_command(tiny_model_dir, labelled_sample_csv, tmp_path):
 
 
 def test_two_processes_share_the_encoding_and_match_one(tiny_model_dir, labelled_sample_csv, tmp_path, free_port):
-    """`accelerate launch` with two CPU processes: each encodes half, the gathered features equal one process's
-    in the files' order, and only the main process writes (one metrics.json, one cache entry)."""
+    """`accelerate launch` with two CPU processes: each encodes half into the cache's embeddings dataset, the
+    features read back equal one process's in the files' order, and only the main process writes metrics.json."""
     arguments = ["--model", str(tiny_model_dir), "--csv", str(labelled_sample_csv), "--val-fraction", "0.34"]
     single = train_downstream.main(
         ["linear-probe", *arguments, "--cache-dir", str(tmp_path / "one"), "--output", str(tmp_path / "out1")]
@@ -136,11 +145,12 @@ def test_two_processes_share_the_encoding_and_match_one(tiny_model_dir, labelled
     run = subprocess.run(command, timeout=300, env=environment, cwd=tmp_path, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "6/6" in run.stderr and "12/12" not in run.stderr  # progress bars: each process encoded half
-    [one], [two] = (list((tmp_path / name).glob("*.safetensors")) for name in ("one", "two"))
-    assert one.name == two.name  # same key: same weights, preprocessing and files
-    first, second = load_file(one), load_file(two)
-    for name in first:
-        torch.testing.assert_close(first[name], second[name], atol=1e-5, rtol=1e-5)
+    [one], [two] = (list((tmp_path / name).glob("*/part-*")) for name in ("one", "two"))
+    assert one.relative_to(tmp_path / "one") == two.relative_to(tmp_path / "two")  # same weights, preprocessing, files
+    first, second = read_embeddings(one), read_embeddings(two)
+    assert first.column("path").to_pylist() == second.column("path").to_pylist()
+    for name in ("cls", "mean_patch"):
+        np.testing.assert_allclose(vectors(first, name), vectors(second, name), atol=1e-5, rtol=1e-5)
     metrics = json.loads((tmp_path / "out2" / "metrics.json").read_text())
     assert metrics["accuracy"] == single["accuracy"] and metrics["n_images"] == 12
 

@@ -14,7 +14,7 @@ from accelerate import Accelerator
 
 from image_processing_rad_dino import RadDinoImageProcessor
 from modeling_rad_dino import RadDinoModel
-from rad_dino_hf.features import cached_features, extract_features, load_encoder
+from rad_dino_hf.features import cached_features, load_encoder
 from rad_dino_hf.plots import plot_confusion_matrix, plot_roc_curves
 from rad_dino_hf.tables import LabelledTable, patient_split, read_labelled_table
 from rad_dino_hf.tasks.arguments import CacheOptions, EncoderOptions, SplitOptions, TableOptions
@@ -24,8 +24,9 @@ logger = logging.getLogger("rad_dino_hf")
 
 @dataclasses.dataclass
 class Encoding:
-    """A loaded encoder, its processor and name, and the `features` of some files (`cls` `(N, D)`, `patch`
-    `(N, D, h, w)`) with whether they came from the cache and the seconds the encoding (or cache read) took."""
+    """A loaded encoder, its processor and name, and the `features` of some files (`cls` `(N, D)`, `mean_patch`
+    `(N, D)`, maybe `patch` `(N, D, h, w)`) with whether they came from the cache and the seconds the encoding
+    (or cache read) took."""
 
     model: RadDinoModel
     processor: RadDinoImageProcessor
@@ -36,23 +37,17 @@ class Encoding:
 
 
 def encode(
-    encoder: EncoderOptions, files: list[Path], accelerator: Accelerator, cache: CacheOptions | None = None
+    encoder: EncoderOptions, files: list[Path], accelerator: Accelerator, cache: CacheOptions, patches: bool = False
 ) -> Encoding:
-    """Load `encoder.model` and encode `files`, cached in `cache.cache_dir` unless `cache` is None. Under
-    `accelerate launch` every process encodes a share and gets all features back; callers then let only the main
-    process fit, score and write."""
+    """Load `encoder.model` and the features of `files` (`cls`, `mean_patch`, with `patches` the patch maps) from
+    the embeddings datasets in `cache.cache_dir`, encoding the files they lack. Under `accelerate launch` the
+    processes share the encoding; callers then let only the main process fit, score and write."""
     model, processor, name = load_encoder(encoder.model)
-    logger.info("Encoding %d images with %s", len(files), name)
+    logger.info("Features of %d images with %s", len(files), name)
     start = time.perf_counter()
-    if cache is None:
-        features, from_cache = (
-            extract_features(model, processor, files, encoder.batch_size, accelerator=accelerator),
-            False,
-        )
-    else:
-        features, from_cache = cached_features(
-            model, processor, files, cache.cache_dir, encoder.batch_size, accelerator=accelerator
-        )
+    features, from_cache = cached_features(
+        model, processor, files, cache.cache_dir, encoder.batch_size, accelerator=accelerator, patches=patches
+    )
     return Encoding(model, processor, name, features, from_cache, time.perf_counter() - start)
 
 
@@ -64,7 +59,7 @@ def frozen_features(
     encoding = encode(encoder, files, accelerator, cache)
     parts = [encoding.features["cls"]]
     if pooling == "cls_mean":
-        parts.append(encoding.features["patch"].mean(dim=(2, 3)))
+        parts.append(encoding.features["mean_patch"])
     info = {
         "model": encoding.name,
         "n_images": len(files),

@@ -76,7 +76,7 @@ def read_masked_sets(folders: list[str], mask_column: str) -> tuple[list[Path], 
 
 def run(options: Options, accelerator: Accelerator) -> dict | None:
     images, mask_files, patients = read_masked_sets(options.data, options.mask_column)
-    encoding = encode(options.encoder, images, accelerator, options.cache)
+    encoding = encode(options.encoder, images, accelerator, options.cache, patches=True)
     encoder, processor, seed = encoding.model, encoding.processor, options.split.seed
     masks = torch.from_numpy(np.stack([mask_like_processor(str(path), processor) for path in mask_files]))
     train, val = patient_split(patients, options.split.val_fraction, seed)
