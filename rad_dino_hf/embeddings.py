@@ -479,24 +479,32 @@ def search_vectors(table: pa.Table, features: str) -> np.ndarray:
 
 
 @torch.no_grad()
+def cosine_topk(queries: torch.Tensor, keys: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The `k` keys `(N, F)` of highest cosine similarity to each query `(M, F)`: `(M, min(k, N))` similarities,
+    best first, and the keys' indices."""
+    scores = F.normalize(queries.float(), dim=1) @ F.normalize(keys.float(), dim=1).T
+    return scores.topk(min(k, keys.shape[0]), dim=1)
+
+
+@torch.no_grad()
 def nearest(
     folder: str | Path, queries: torch.Tensor, k: int, features: str = "cls"
 ) -> tuple[torch.Tensor, list[list[dict]]]:
-    """Exact cosine search of `queries` `(M, F)` over the dataset at `folder`, one shard in memory at a time.
+    """Exact cosine search of `queries` `(M, F)` over the dataset at `folder`, one shard in memory at a time: each
+    shard's top `k` are merged with the best so far.
 
     Returns the `(M, k')` cosine similarities, best first (`k' = min(k, rows)`), and for each query the matching
     rows' `index`, `id` and `path`."""
-    queries = F.normalize(queries.float(), dim=1)
     best_scores = torch.full((len(queries), 0), -2.0)
     best_rows: list[list[dict]] = [[] for _ in queries]
     for shard in sorted(Path(folder).glob(SHARD_GLOB)):
         table = pq.read_table(shard, columns=["index", "id", "path", "cls", "mean_patch"])
         if not table.num_rows:
             continue
-        scores = queries @ F.normalize(torch.from_numpy(search_vectors(table, features)), dim=1).T
+        scores, found = cosine_topk(queries, torch.from_numpy(search_vectors(table, features)), k)
         rows = table.select(["index", "id", "path"]).to_pylist()
         merged = torch.cat([best_scores, scores], dim=1)
-        candidates = [previous + rows for previous in best_rows]
+        candidates = [previous + [rows[i] for i in found[q].tolist()] for q, previous in enumerate(best_rows)]
         best_scores, order = merged.topk(min(k, merged.shape[1]), dim=1)
         best_rows = [[candidates[q][i] for i in order[q].tolist()] for q in range(len(queries))]
     return best_scores, best_rows

@@ -273,3 +273,17 @@ def test_probes_on_the_dataset_give_the_in_memory_metrics(tiny_model_dir, labell
     probabilities = knn_classify(cls[train], data.labels[train], cls[val], len(data.classes), 3).numpy()
     reference = classification_metrics(data.labels[val], probabilities, data.classes, seed=0)
     assert knn["accuracy"] == reference["accuracy"] and knn["auroc"] == reference["auroc"]
+
+
+def test_retrieval_baseline_returns_the_nearest_training_images_report(tiny_model_dir, images, tmp_path):
+    from PIL import Image
+
+    from rad_dino_hf.report.data import ReportPair
+    from rad_dino_hf.tasks.report import nearest_image_reports
+
+    files = [path for path in list_images(images) if path.name != "broken.png"][:4]
+    train = [ReportPair(f"t{i}", str(path), f"report {i}", f"p{i}") for i, path in enumerate(files)]
+    with Image.open(files[2]) as image:
+        resized = image.resize((image.width * 3 // 4, image.height * 3 // 4), Image.BICUBIC)
+    queries = [ReportPair("q0", resized, "?", "q"), ReportPair("q1", str(files[0]), "?", "q")]
+    assert nearest_image_reports(str(tiny_model_dir), train, queries, 3, "cpu") == ["report 2", "report 0"]

@@ -1,8 +1,9 @@
 """LLaVA-style report generator: the encoder's patch tokens -> 2-layer GELU MLP projector -> any causal LM (a tiny
 local Llama by default, since none can be downloaded offline). Stage 1 trains the projector, stage 2 LoRA adapters
 on the LM; loss on report tokens only. Generates for held-out and training cases (greedy or beam search) and scores
-ROUGE-L, BLEU-4 and CheXpert-style finding F1 next to a most-common-report baseline. Default data: covid-chestxray
-clinical notes.
+ROUGE-L, BLEU-4 and CheXpert-style finding F1 next to a most-common-report baseline and, on held-out cases, the
+retrieval baseline (the report of the training image whose frozen --encoder CLS token is most similar). Default
+data: covid-chestxray clinical notes.
 
 Flow: image–report pairs -> patient split -> (tiny local LM: tokenizer + text pretraining, or any HF causal LM)
 -> generator (encoder + new projector + LM) -> stage 1 (projector) -> stage 2 (LoRA) -> saved adapter and merged
@@ -25,6 +26,7 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from rad_dino_hf.embeddings import cosine_topk, encode_pixels
 from rad_dino_hf.features import RELEASED_MODEL_ID, load_encoder
 from rad_dino_hf.report.builder import (
     DEFAULT_INSTRUCTION,
@@ -243,10 +245,36 @@ def train_generator(options: Options, train_pairs: list[ReportPair], accelerator
     return generator, processor, curves, encoder_name
 
 
+@torch.no_grad()
+def nearest_image_reports(
+    encoder_name: str, train_pairs: list[ReportPair], queries: list[ReportPair], batch_size: int, device
+) -> list[str]:
+    """The retrieval baseline's answers: for each query, the report of the training image whose CLS token (of the
+    frozen encoder `encoder_name`, fp32) is most similar by cosine, as the `similar` command searches."""
+    model, processor, _ = load_encoder(encoder_name)
+    model = model.to(device)
+
+    def cls_tokens(pairs: list[ReportPair]) -> torch.Tensor:
+        batches = [pairs[start : start + batch_size] for start in range(0, len(pairs), batch_size)]
+        pixels = (processor([pair.image for pair in batch], return_tensors="pt")["pixel_values"] for batch in batches)
+        return torch.cat([encode_pixels(model, batch.to(device), torch.float32)["cls"].cpu() for batch in pixels])
+
+    _, nearest = cosine_topk(cls_tokens(queries), cls_tokens(train_pairs), 1)
+    return [train_pairs[index].text for index in nearest[:, 0].tolist()]
+
+
 def evaluate_split(
-    model, processor, pairs: list[ReportPair], baseline: str, options: Options, name: str, output: Path
+    model,
+    processor,
+    pairs: list[ReportPair],
+    baseline: str,
+    options: Options,
+    name: str,
+    output: Path,
+    retrieved: list[str] | None = None,
 ) -> dict:
-    """Generate for `pairs`, write `generations_<name>.jsonl`, score model and baseline on the same references."""
+    """Generate for `pairs`, write `generations_<name>.jsonl`, score model and baselines on the same references:
+    the most common training report, and (`retrieved`, one per pair) the nearest training image's report."""
     evaluation = options.evaluation
     settings = GenerationSettings(
         evaluation.max_new_tokens, evaluation.num_beams, evaluation.repetition_penalty, options.training.batch_size
@@ -261,6 +289,7 @@ def evaluate_split(
         "generation_seconds": round(seconds, 1),
         "model": report_metrics(references, [row["generated"] for row in rows]),
         "most_common_report_baseline": report_metrics(references, [baseline] * len(rows)),
+        **({"nearest_image_report_baseline": report_metrics(references, retrieved)} if retrieved else {}),
     }
 
 
@@ -287,13 +316,18 @@ def run(options: Options, accelerator: Accelerator) -> dict | None:
         return None
 
     baseline = most_common_report(train_pairs)
+    retrieved = nearest_image_reports(
+        options.model.encoder, train_pairs, held_out_pairs, options.training.batch_size, accelerator.device
+    )
     results = {
         "encoder": encoder_name,
         "lm": options.model.lm,
         "train_seconds": round(train_seconds, 1),
         "final_loss": {stage: losses[-1] for stage, losses in curves.items()},
         "baseline_report": baseline,
-        "held_out": evaluate_split(model, processor, held_out_pairs, baseline, options, "held_out", output),
+        "held_out": evaluate_split(
+            model, processor, held_out_pairs, baseline, options, "held_out", output, retrieved
+        ),
         "train": evaluate_split(
             model,
             processor,
@@ -307,7 +341,9 @@ def run(options: Options, accelerator: Accelerator) -> dict | None:
     (output / "metrics.json").write_text(json.dumps(results, indent=2))
     for split in ("train", "held_out"):
         scores = results[split]
-        for system in ("model", "most_common_report_baseline"):
+        for system in ("model", "most_common_report_baseline", "nearest_image_report_baseline"):
+            if system not in scores:  # the retrieval baseline is scored on held-out cases only
+                continue
             metric = scores[system]
             logger.info(
                 "%-8s %-28s ROUGE-L %.3f  BLEU-4 %.2f  finding micro-F1 %.3f",
