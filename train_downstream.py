@@ -15,7 +15,8 @@ Commands:
                 a most-common-report baseline (ROUGE-L, BLEU-4, finding F1)
 
 Every command runs as a plain process or under `accelerate launch` (the processes share the encoding or the
-training; the main process fits, scores and writes).
+training; the main process fits, scores and writes). A fault in your input (a missing file or column, a bad option)
+prints one line `error: ...` naming it and exits with code 2; `--debug` shows its traceback.
 
 Examples:
   python train_downstream.py features
@@ -38,6 +39,7 @@ import dataclasses
 import logging
 
 from rad_dino_hf.distributed import make_accelerator
+from rad_dino_hf.errors import reported_user_errors
 from rad_dino_hf.tasks import demographics, features, finetune, knn, linear_probe, report, segment, similar, visualize
 from rad_dino_hf.tasks.arguments import AcceleratorOptions, from_namespace
 
@@ -70,18 +72,27 @@ def build_parser() -> argparse.ArgumentParser:
     for name, task in TASKS.items():
         command = commands.add_parser(name, description=task.__doc__, formatter_class=HelpFormatter)
         task.add_arguments(command)
+        command.add_argument("--debug", action="store_true", help="show the traceback of errors in your input too")
     return parser
 
 
 def parse_options(argv: list[str] | None = None) -> tuple[str, object]:
     """The command's name and its task's typed `Options`."""
-    args = build_parser().parse_args(argv)
+    return _options(build_parser().parse_args(argv))
+
+
+def _options(args: argparse.Namespace) -> tuple[str, object]:
     return args.command, from_namespace(TASKS[args.command].Options, args)
 
 
 def main(argv: list[str] | None = None):
     """Run the command; returns the task's results (None on a process that only shared the work)."""
-    command, options = parse_options(argv)
+    args = build_parser().parse_args(argv)
+    with reported_user_errors(args.debug):
+        return _run(*_options(args))
+
+
+def _run(command: str, options: object):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     accelerator = make_accelerator(**dataclasses.asdict(getattr(options, "accelerator", AcceleratorOptions())))
     try:

@@ -11,7 +11,10 @@ Examples:
   python train_pretrain.py --print-config            # the full recipe with its defaults
 
 Recipe values come from, in order: rad_dino_hf/recipe.py defaults (DINOv2 ViT-B / RAD-DINO), --config YAML, --set.
-A run resumes from its latest checkpoint in train.output_dir unless --resume never.
+A run resumes from its latest checkpoint in train.output_dir that verifies, unless --resume never.
+
+Exit codes: 0 done; 2 a fault you can fix (one line `error: ...` names the file or option); 143 preempted
+(SIGTERM or SIGUSR1: a checkpoint was saved after the current step; run the same command again to resume).
 """
 
 import argparse
@@ -19,6 +22,9 @@ import logging
 import sys
 from pathlib import Path
 
+import yaml
+
+from rad_dino_hf.errors import UserError, reported_user_errors
 from rad_dino_hf.recipe import RecipeConfig, apply_overrides
 from rad_dino_hf.trainer import RunOptions, pretrain
 
@@ -48,21 +54,41 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the export to this Hub repo")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved recipe and exit")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of errors in your input too")
     return parser
 
 
 def resolve_recipe(args: argparse.Namespace) -> RecipeConfig:
-    recipe = RecipeConfig.from_yaml(args.config) if args.config else RecipeConfig()
+    if args.config and not Path(args.config).is_file():
+        raise UserError(f"--config {args.config}: no such file")
+    try:
+        recipe = RecipeConfig.from_yaml(args.config) if args.config else RecipeConfig()
+    except (KeyError, TypeError, ValueError, yaml.YAMLError) as error:
+        raise UserError(f"--config {args.config}: {_reason(error)}") from error
     overrides = list(args.set)
     if args.data:
         overrides.append("train.data_sources=[" + ", ".join(f'"{source}"' for source in args.data) + "]")
     if args.output_dir:
         overrides.append(f"train.output_dir={args.output_dir}")
-    return apply_overrides(recipe, overrides)
+    try:
+        return apply_overrides(recipe, overrides)
+    except (KeyError, TypeError, ValueError) as error:
+        raise UserError(f"--set: {_reason(error)} (see --print-config for every key and its type)") from error
+
+
+def _reason(error: Exception) -> str:
+    """An exception's message without the quotes `KeyError` adds."""
+    return str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
 
 
 def main(argv: list[str] | None = None) -> dict | None:
+    """Run (or print) the recipe; returns the run summary. Faults in the user's input exit with code 2."""
     args = build_parser().parse_args(argv)
+    with reported_user_errors(args.debug):
+        return _main(args)
+
+
+def _main(args: argparse.Namespace) -> dict | None:
     recipe = resolve_recipe(args)
     if args.print_config:
         sys.stdout.write(recipe.to_yaml())

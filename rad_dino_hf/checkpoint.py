@@ -3,20 +3,36 @@
 A checkpoint is written into `checkpoints/.tmp-step-N`, flushed, renamed to `checkpoints/step-N`, and only then
 named in the `checkpoints/latest` pointer (itself replaced atomically). A process killed at any moment therefore
 leaves either the previous pointer and checkpoint, or the new ones: never a half-written "latest".
+
+Each checkpoint holds a `manifest.json`: every file's size and SHA-256 at save. `resumable_checkpoint` verifies it
+and falls back, with a warning, from a checkpoint damaged since (a disk fault, a partial copy) to the newest one
+that verifies. A failed write (e.g. a full disk) leaves the previous checkpoint and pointer as they were and stops
+with a `CheckpointError`.
 """
 
+import hashlib
+import json
 import logging
 import os
 import shutil
 from pathlib import Path
 
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
+
+from rad_dino_hf.errors import UserError
 
 logger = logging.getLogger(__name__)
 
 LATEST_POINTER = "latest"
 _TMP_PREFIX = ".tmp-"
 _STEP_PREFIX = "step-"
+MANIFEST = "manifest.json"
+_HASH_CHUNK = 1 << 20
+
+
+class CheckpointError(UserError):
+    """A checkpoint could not be written, or none could be read back intact."""
 
 
 class TrainState:
@@ -56,6 +72,38 @@ def _write_atomically(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_manifest(folder: Path) -> None:
+    """Record every file under `folder` (relative path -> size in bytes and SHA-256) in `folder/manifest.json`."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+    entries = {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in files}
+    _write_atomically(folder / MANIFEST, json.dumps({"files": entries}, indent=1))
+
+
+def verify_checkpoint(folder: Path) -> str | None:
+    """None if every file in `folder`'s manifest is there with its recorded size and SHA-256, else what is wrong."""
+    try:
+        entries = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        return f"no readable {MANIFEST} ({error})"
+    for name, expected in entries.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != expected["size"]:
+            return f"{name} has {path.stat().st_size} bytes, {expected['size']} when saved"
+        if _sha256(path) != expected["sha256"]:
+            return f"{name} differs from the saved file (SHA-256)"
+    return None
+
+
 def save_checkpoint(accelerator: Accelerator, root: str | Path, step: int, keep: int = 2) -> Path:
     """Save the full training state as `root/step-{step}` atomically; keep the newest `keep` checkpoints."""
     root = Path(root)
@@ -66,10 +114,25 @@ def save_checkpoint(accelerator: Accelerator, root: str | Path, step: int, keep:
         for leftover in root.glob(f"{_TMP_PREFIX}*"):  # from a run killed while saving
             shutil.rmtree(leftover, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
+    try:
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            write_manifest(tmp)
+            _fsync_tree(tmp)
+    except OSError as error:  # e.g. ENOSPC: drop the partial copy, keep the previous checkpoint and pointer
+        shutil.rmtree(tmp, ignore_errors=True)
+        pointer = root / LATEST_POINTER
+        kept = (
+            f"the previous checkpoint {root / pointer.read_text(encoding='utf-8').strip()} is intact"
+            if pointer.exists()
+            else "no earlier checkpoint exists"
+        )
+        raise CheckpointError(
+            f"Could not write checkpoint {final.name} under {root}: {error}; {kept}. "
+            "Free disk space (or lower train.keep_checkpoints) and run again to resume."
+        ) from error
     if accelerator.is_main_process:
-        _fsync_tree(tmp)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         _write_atomically(root / LATEST_POINTER, final.name)
@@ -90,3 +153,36 @@ def latest_checkpoint(root: str | Path) -> Path | None:
     if not checkpoint.is_dir():
         raise FileNotFoundError(f"{pointer} names {checkpoint.name}, which does not exist")
     return checkpoint
+
+
+def resumable_checkpoint(root: str | Path, accelerator: Accelerator | None = None) -> Path | None:
+    """The newest checkpoint under `root` whose manifest verifies, or None if there is none to resume from.
+
+    Starts from the `latest` pointer's checkpoint and goes back through older ones, warning about each that fails
+    (named, with what is wrong); raises `CheckpointError` when checkpoints exist and none verifies. With an
+    `accelerator`, the main process verifies and every process gets its choice.
+    """
+    if accelerator is not None and accelerator.num_processes > 1:
+        choice = [_resumable_checkpoint(Path(root)) if accelerator.is_main_process else None]
+        broadcast_object_list(choice)
+        return choice[0]
+    return _resumable_checkpoint(Path(root))
+
+
+def _resumable_checkpoint(root: Path) -> Path | None:
+    candidates = sorted(root.glob(f"{_STEP_PREFIX}*"), reverse=True)
+    pointer = root / LATEST_POINTER
+    if pointer.exists():  # nothing newer than the pointer: a newer folder would be one the pointer never named
+        latest = pointer.read_text(encoding="utf-8").strip()
+        candidates = [c for c in candidates if c.name <= latest]
+    if not candidates:
+        return None
+    for checkpoint in candidates:
+        problem = verify_checkpoint(checkpoint)
+        if problem is None:
+            return checkpoint
+        logger.warning("Checkpoint %s is damaged (%s); trying an older one", checkpoint, problem)
+    raise CheckpointError(
+        f"No checkpoint under {root} is intact ({', '.join(c.name for c in candidates)} all fail verification; "
+        "see the warnings). Restore one, pass --resume with a good folder, or --resume never to start over."
+    )

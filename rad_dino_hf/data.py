@@ -6,7 +6,9 @@ then split across ranks (`split_dataset_by_node`); HF shards split further acros
 keeps `state_dict()`, so a run resumes at the exact sample it stopped at.
 
 Samples that cannot be decoded are not fatal: `decode_or_none` returns None, the multi-crop step marks the sample
-`ok=False`, and the collate function drops it and counts it.
+`ok=False`, and the collate function drops it and counts it. A source that yields nothing readable is fatal:
+`UnreadableSourceGuard` stops the run once a source's last `train.max_consecutive_unreadable` samples (or, for a
+folder with fewer files, as many samples as it has files) were all unreadable.
 
 Source spec on the command line: `[kind:]location[@weight]`, kind one of hub, folder, parquet, webdataset
 (guessed when omitted), e.g. `../shared/data/hannover-covid/images@2` or `hub:someone/cxr-dataset@0.5`.
@@ -34,6 +36,7 @@ from datasets import Image as ImageFeature
 from datasets.distributed import split_dataset_by_node
 
 from image_processing_rad_dino import UnreadableImageError, read_image, to_uint8
+from rad_dino_hf.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +47,10 @@ IMAGE_COLUMN_CANDIDATES = ("image", "img", "pixel_values", "dicom") + tuple(s.ls
 # What every source yields, so that sources of different kinds can be interleaved: the encoded image (file bytes
 # or a path, never decoded here) and a key naming the sample in logs.
 STREAM_FEATURES = Features({"image": {"bytes": Value("binary"), "path": Value("string")}, "key": Value("string")})
+# Stream samples also carry the index of their source in the mix, so that unreadable samples are counted per source.
+TAGGED_STREAM_FEATURES = Features({**STREAM_FEATURES, "source": Value("int32")})
+# A location that names a Hub dataset (`name` or `owner/name`); anything else that does not exist is a missing path.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 # Tar members read from the first WebDataset shard to find how its samples name their image files.
 _WEBDATASET_SCAN_MEMBERS = 256
 
@@ -61,7 +68,7 @@ class DataSource:
     def resolved_kind(self) -> str:
         if self.kind != "auto":
             if self.kind not in SOURCE_KINDS:
-                raise ValueError(f"Unknown source kind {self.kind!r}; choose from {', '.join(SOURCE_KINDS)}")
+                raise UserError(f"Unknown source kind {self.kind!r}; choose from {', '.join(SOURCE_KINDS)}")
             return self.kind
         path = Path(self.location)
         if path.suffix == ".parquet" or (path.is_dir() and any(path.rglob("*.parquet"))):
@@ -71,7 +78,9 @@ class DataSource:
         if path.is_dir():
             return "folder"
         if path.exists():
-            raise ValueError(f"Cannot tell what kind of source {self.location} is; prefix it with kind:")
+            raise UserError(f"Cannot tell what kind of source {self.location} is; prefix it with kind:")
+        if not _HUB_ID.match(self.location):
+            raise UserError(f"Data source {self.location}: no such folder or file")
         return "hub"
 
 
@@ -86,10 +95,18 @@ def parse_source(spec: str) -> DataSource:
         try:
             weight = float(weight_text)
         except ValueError as error:
-            raise ValueError(f"Bad weight in source {spec!r}: expected location@number") from error
+            raise UserError(f"Bad weight in source {spec!r}: expected location@number") from error
     if not math.isfinite(weight) or weight <= 0:  # nan and inf would break the mixing probabilities
-        raise ValueError(f"Source weight must be positive: {spec!r}")
+        raise UserError(f"Source weight must be positive: {spec!r}")
     return DataSource(location=location, kind=kind, weight=weight)
+
+
+def folder_images(location: str | Path) -> list[str]:
+    """The image and DICOM files under a folder source, sorted; an empty folder is a `UserError`."""
+    files = sorted(str(p) for p in Path(location).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise UserError(f"Data source {location}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+    return files
 
 
 def _folder_units(units: list[tuple[int, int]], shards: list[list[str]], seed: int):
@@ -112,9 +129,7 @@ def _open_folder(
     of `world_size` (when there are enough files): `split_dataset_by_node` then deals every epoch's shards out to
     the ranks, so within an epoch the ranks read disjoint files that together cover the folder.
     """
-    files = sorted(str(p) for p in Path(source.location).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise FileNotFoundError(f"No images ({', '.join(IMAGE_SUFFIXES)}) under {source.location}")
+    files = folder_images(source.location)
     n_shards = math.ceil(len(files) / files_per_shard)
     if world_size > 1 and len(files) >= world_size:
         n_shards = math.ceil(n_shards / world_size) * world_size
@@ -134,13 +149,13 @@ def _image_columns(dataset: IterableDataset, source: DataSource) -> list[str]:
     columns = list(dataset.features)
     if source.image_column:
         if columns and source.image_column not in columns:
-            raise ValueError(f"{source.location}: no column {source.image_column!r} (columns: {columns})")
+            raise UserError(f"{source.location}: no column {source.image_column!r} (columns: {columns})")
         return [source.image_column]
     found = [c for c in columns if isinstance(dataset.features[c], ImageFeature)]
     # By name; WebDataset fields by their last extension too (`image.png`, `PNG`).
     found += [c for c in columns if c.rsplit(".", 1)[-1].lower() in IMAGE_COLUMN_CANDIDATES and c not in found]
     if not found:
-        raise ValueError(f"{source.location}: no image column among {columns}; pass image_column")
+        raise UserError(f"{source.location}: no image column among {columns}; pass image_column")
     return found
 
 
@@ -205,7 +220,13 @@ def _as_image_value(value) -> dict | None:
 
 def _open_table(source: DataSource, kind: str) -> IterableDataset:
     if kind == "hub":
-        dataset = load_dataset(source.location, split=source.split, streaming=True)
+        try:
+            dataset = load_dataset(source.location, split=source.split, streaming=True)
+        except OSError as error:  # not found, offline (HF_HUB_OFFLINE) or unreachable
+            raise UserError(
+                f"Data source {source.location}: neither a local folder nor a Hub dataset that can be reached "
+                f"({' '.join(str(error).split())}). Check the path, or the id and your connection."
+            ) from error
     else:
         path = Path(source.location)
         pattern = "*.parquet" if kind == "parquet" else "*.tar"
@@ -266,13 +287,22 @@ def build_stream(
     """
     if not sources:
         raise ValueError("No data sources given")
-    streams = [open_source(source, seed, files_per_shard, folder_epochs, world_size).repeat(None) for source in sources]
+    streams = [
+        open_source(source, seed, files_per_shard, folder_epochs, world_size)
+        .map(functools.partial(_tag_source, index=index), features=TAGGED_STREAM_FEATURES)
+        .repeat(None)
+        for index, source in enumerate(sources)
+    ]
     if len(streams) == 1:
         stream = streams[0]
     else:
         total = sum(source.weight for source in sources)
         stream = interleave_datasets(streams, probabilities=[s.weight / total for s in sources], seed=seed)
     return split_dataset_by_node(stream, rank=rank, world_size=world_size) if world_size > 1 else stream
+
+
+def _tag_source(example: dict, index: int) -> dict:
+    return {"source": index}
 
 
 def decode_or_none(value, key: str) -> np.ndarray | None:
@@ -320,13 +350,15 @@ class MultiCropMapper:
         worker = torch.utils.data.get_worker_info()
         worker_id = worker.id if worker is not None else 0
         image = decode_or_none(example["image"], example["key"])
+        source = example.get("source", 0)
         if image is None:
-            return {"ok": False, "key": example["key"], "global_crops": None, "local_crops": None}
+            return {"ok": False, "key": example["key"], "source": source, "global_crops": None, "local_crops": None}
         generator = torch.Generator().manual_seed(sample_seed(self.seed, self.rank, worker_id, index))
         crops = self.augmentation(torch.from_numpy(image.copy()).unsqueeze(0), generator=generator)
         return {
             "ok": True,
             "key": example["key"],
+            "source": source,
             "global_crops": torch.stack(crops["global_crops"]),
             "local_crops": torch.stack(crops["local_crops"]) if crops["local_crops"] else None,
         }
@@ -336,13 +368,51 @@ def collate_crops(samples: list[dict]) -> dict:
     """Stack good samples and count the skipped ones.
 
     Returns `global_crops` `(n_global, B, 3, G, G)`, `local_crops` `(n_local, B, 3, L, L)` or None,
-    `n_skipped` int and `keys`.
+    `n_skipped` int, `keys` of the good samples and `read`: (source index, key, readable) of every sample, in order.
     """
     good = [s for s in samples if s["ok"]]
-    batch = {"n_skipped": len(samples) - len(good), "keys": [s["key"] for s in good]}
+    batch = {
+        "n_skipped": len(samples) - len(good),
+        "keys": [s["key"] for s in good],
+        "read": [(s.get("source", 0), s["key"], s["ok"]) for s in samples],
+    }
     if not good:
         return {**batch, "global_crops": None, "local_crops": None}
     batch["global_crops"] = torch.stack([s["global_crops"] for s in good], dim=1)
     has_local = good[0]["local_crops"] is not None
     batch["local_crops"] = torch.stack([s["local_crops"] for s in good], dim=1) if has_local else None
     return batch
+
+
+class UnreadableSourceError(UserError):
+    """A data source whose recent samples were all unreadable."""
+
+
+class UnreadableSourceGuard:
+    """Stops a run that would otherwise skip unreadable samples forever.
+
+    Counts, per source, the unreadable samples since its last readable one (on this rank) and raises
+    `UnreadableSourceError` naming the source when the count reaches its limit: `limit`, or for a folder with fewer
+    image files, the number of files (a whole pass over it read nothing; `limit <= 0` means no limit but a folder's
+    file count).
+    """
+
+    def __init__(self, sources: list[DataSource], limit: int) -> None:
+        self.sources = sources
+        self.limits = []
+        for source in sources:
+            size = len(folder_images(source.location)) if source.resolved_kind() == "folder" else None
+            bounds = [n for n in (limit if limit > 0 else None, size) if n is not None]
+            self.limits.append(min(bounds) if bounds else math.inf)
+        self.unreadable = [0] * len(sources)
+
+    def update(self, read: list[tuple[int, str, bool]]) -> None:
+        """Count a batch's `read` entries (collate_crops: source index, key, readable) in order."""
+        for source, key, ok in read:
+            self.unreadable[source] = 0 if ok else self.unreadable[source] + 1
+            if self.unreadable[source] >= self.limits[source]:
+                raise UnreadableSourceError(
+                    f"Data source {self.sources[source].location}: the last {self.unreadable[source]} samples read "
+                    f"from it (the latest {key}) were all unreadable; see the 'Skipping unreadable sample' "
+                    "warnings for why. Fix or remove the source (train.max_consecutive_unreadable sets the limit)."
+                )

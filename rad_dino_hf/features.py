@@ -24,6 +24,7 @@ from rad_dino_hf.embeddings import (
     vectors,
     write_embeddings,
 )
+from rad_dino_hf.errors import UserError
 from rad_dino_hf.fingerprint import files_digest, parameter_digest
 
 logger = logging.getLogger(__name__)
@@ -51,9 +52,10 @@ def load_encoder(
         model = RadDinoModel.from_pretrained(name_or_path).eval()
         processor = RadDinoImageProcessor.from_pretrained(name_or_path)
         return model, processor, name_or_path
-    except OSError as error:
+    except OSError as error:  # no such directory or id, no weights in it, offline without a cache
         if not random_fallback:
-            raise
+            reason = " ".join(str(error).split())
+            raise UserError(f"--model {name_or_path}: cannot load an encoder ({reason})") from error
         logger.warning(
             "Could not load %s (%s). Using a RANDOMLY INITIALISED RAD-DINO instead: the pipeline runs, but the "
             "features mean nothing. Connect to the Hub once or pass --model DIR to use real weights.",

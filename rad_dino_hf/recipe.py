@@ -173,6 +173,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     log_every: int = 10  # iterations
     max_consecutive_nan: int = 5  # skip non-finite steps; stop after this many in a row
+    max_consecutive_unreadable: int = 1000  # per source and rank (a folder: at most its file count); then stop
     # Collapse warning (once per run): the DINO or iBOT teacher target carries less than `collapse_information_nats`
     # of mutual information about the image for `collapse_warning_iterations` iterations in a row (0: never warn).
     collapse_warning_iterations: int = 100

@@ -9,19 +9,37 @@ from accelerate import Accelerator
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from image_processing_rad_dino import RadDinoImageProcessor
+from image_processing_rad_dino import RadDinoImageProcessor, read_image
 from modeling_rad_dino import RadDinoForSemanticSegmentation
 from rad_dino_hf.distributed import make_accelerator
+from rad_dino_hf.errors import UserError
 from rad_dino_hf.metrics import bootstrap, dice_iou_from_counts, interval, segmentation_counts, segmentation_metrics
 from rad_dino_hf.supervised import LoopSettings, train
 
 
-def mask_like_processor(path: str, processor: RadDinoImageProcessor) -> np.ndarray:
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) of an image file: from the header where PIL reads it, else (DICOM) from the decoded pixels."""
+    try:
+        with PIL.Image.open(path) as image:
+            return image.size
+    except (OSError, SyntaxError, ValueError):
+        height, width = read_image(path).shape[:2]
+        return width, height
+
+
+def mask_like_processor(path: str, processor: RadDinoImageProcessor, image: str | Path | None = None) -> np.ndarray:
     """Read a label mask and resize (nearest) + centre-crop it exactly as the processor does the image.
 
-    Returns `(crop_height, crop_width)` uint8 labels (255 stays "ignore").
+    With `image`, the mask must have that image's size (a `UserError` naming both otherwise): a mask drawn on a
+    resized copy would be cropped differently from its image. Returns `(crop_height, crop_width)` uint8 labels
+    (255 stays "ignore").
     """
     mask = PIL.Image.open(path)
+    if image is not None and image_size(image) != mask.size:
+        raise UserError(
+            f"Mask {path} is {mask.width}x{mask.height} pixels but its image {image} is "
+            "{}x{}; masks must have their image's size".format(*image_size(image))
+        )
     if mask.mode not in ("L", "P", "I", "I;16"):
         mask = mask.convert("L")
     shortest = processor.size["shortest_edge"]

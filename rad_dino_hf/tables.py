@@ -9,7 +9,8 @@ Label policy: rows blank in every label column are unlabelled images and are lef
 values are 1 / 0 (also `true` / `false`, `yes` / `no`, any case, and 1.0 / 0.0); CheXpert's -1 (uncertain) is read
 as `uncertain_as` ("negative": U-Zeros, or "positive": U-Ones); any other value, or a blank in some of a row's label
 columns, is an error naming the row, the file and the column. Image paths must be text: embedded images (an `Image`
-feature, or image bytes) are not read.
+feature, or image bytes) are not read. A multi-class label column needs two classes or more, and every listed image
+must exist. Faults in a table are `UserError`s naming the table and the column or file.
 """
 
 import csv
@@ -22,11 +23,14 @@ import numpy as np
 from datasets import ClassLabel, Dataset, Features, Value, load_dataset
 from sklearn.model_selection import GroupKFold, GroupShuffleSplit
 
+from rad_dino_hf.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 BUILDERS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "json", ".json": "json"}
 UNCERTAIN_POLICIES = ("negative", "positive")
 POSITIVE, NEGATIVE, UNCERTAIN = {"1", "1.0", "true", "yes"}, {"0", "0.0", "false", "no"}, {"-1", "-1.0"}
+MISSING_FILES_SHOWN = 3  # missing images named in the error; the rest are counted
 
 
 @dataclass
@@ -62,14 +66,20 @@ def load_table(source: str, split: str = "train") -> tuple[Dataset, Path | None]
     if path.is_dir():
         path = path / "metadata.csv"
         if not path.is_file():
-            raise FileNotFoundError(f"{source} is a folder without a metadata.csv")
+            raise UserError(f"{source} is a folder without a metadata.csv")
     if not path.exists():
         if path.suffix.lower() in BUILDERS:
-            raise FileNotFoundError(f"Label table not found: {path} (pass --table)")
-        return load_dataset(source, split=split), None
+            raise UserError(f"Label table not found: {path} (pass --table)")
+        try:
+            return load_dataset(source, split=split), None
+        except OSError as error:  # not found, offline (HF_HUB_OFFLINE) or unreachable
+            raise UserError(
+                f"Table {source}: neither a local file or folder nor a Hub dataset that can be reached "
+                f"({' '.join(str(error).split())})"
+            ) from error
     builder = BUILDERS.get(path.suffix.lower())
     if builder is None:
-        raise ValueError(f"{path}: unknown table format; use one of {sorted(BUILDERS)}")
+        raise UserError(f"{path}: unknown table format; use one of {sorted(BUILDERS)}")
     features = None
     if builder == "csv":  # every column as text, as written: no guessed numbers (patient "007" stays "007")
         with open(path, encoding="utf-8", newline="") as handle:
@@ -109,15 +119,18 @@ def read_labelled_table(
     """`source`'s labelled rows as a `LabelledTable`: multi-class with one of `label_columns`, multi-label with
     several. Rows blank in every label column (unlabelled images) are left out, with a warning."""
     if uncertain_as not in UNCERTAIN_POLICIES:
-        raise ValueError(f"uncertain_as must be one of {UNCERTAIN_POLICIES}, got {uncertain_as!r}")
+        raise UserError(f"uncertain_as must be one of {UNCERTAIN_POLICIES}, got {uncertain_as!r}")
     table, folder = load_table(source, split)
     wanted = [image_column, *label_columns, patient_column]
     missing = [name for name in dict.fromkeys(wanted) if name not in table.column_names]
     if missing:
-        raise ValueError(f"{source} lacks column(s) {missing}; columns: {table.column_names}")
+        raise UserError(
+            f"{source} lacks column(s) {missing}; columns: {table.column_names}. Name them with --image-column, "
+            "--label-column and --patient-column"
+        )
     feature = table.features[image_column]
     if not (isinstance(feature, Value) and "string" in feature.dtype):
-        raise ValueError(f"{source}: column {image_column!r} holds {feature}, not text; it must hold image file paths")
+        raise UserError(f"{source}: column {image_column!r} holds {feature}, not text; it must hold image file paths")
     values = {name: column_values(table, name) for name in dict.fromkeys(wanted)}
     rows = [i for i in range(table.num_rows) if not all(is_blank(values[c][i]) for c in label_columns)]
     if len(rows) < table.num_rows:
@@ -131,15 +144,22 @@ def read_labelled_table(
             result = None if is_blank(value) else parse(value)
             if result is None:
                 where = f"row {row + 1} ({values[image_column][row]})"
-                raise ValueError(f"{source}: {where}, column {column!r}: unusable value {value!r}")
+                raise UserError(f"{source}: {where}, column {column!r}: unusable value {value!r}")
             parsed.append(result)
         return parsed
 
     paths = checked(image_column)
     root = Path(image_root) if image_root else folder
     if root is None and not all(Path(p).is_absolute() for p in paths):
-        raise ValueError(f"{source} is a Hub dataset with relative image paths: pass --image-root")
+        raise UserError(f"{source} is a Hub dataset with relative image paths: pass --image-root")
     files = [Path(p) if root is None else root / p for p in paths]
+    absent = [str(file) for file in files if not file.is_file()]
+    if absent:
+        shown = ", ".join(absent[:MISSING_FILES_SHOWN]) + (", ..." if len(absent) > MISSING_FILES_SHOWN else "")
+        raise UserError(
+            f"{source}: {len(absent)} of {len(files)} listed images do not exist ({shown}); check column "
+            f"{image_column!r} and the image root ({root or 'absolute paths'}; --image-root sets it)"
+        )
     patients = np.array(checked(patient_column))
     if len(label_columns) > 1:
         columns = [checked(c, lambda value: binary_label(value, uncertain_as)) for c in label_columns]
@@ -147,6 +167,11 @@ def read_labelled_table(
     else:
         names = checked(label_columns[0])
         classes = sorted(set(names))
+        if len(classes) < 2:
+            raise UserError(
+                f"{source}: label column {label_columns[0]!r} has a single class ({classes[0]!r}) in its "
+                f"{len(names)} labelled rows; a classifier needs two or more"
+            )
         index = {name: i for i, name in enumerate(classes)}
         labels = np.array([index[name] for name in names], dtype=np.int64)
     return LabelledTable(files, labels, patients, classes, len(label_columns) > 1)

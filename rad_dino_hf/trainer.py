@@ -2,7 +2,9 @@
 
 One iteration: read a multi-crop batch from the stream, draw iBOT masks, set this iteration's lr / weight decay,
 compute DINO + iBOT + KoLeo, step the student, move the teacher towards it (EMA). Non-finite steps are skipped
-(centers restored, no optimizer step) and counted; too many in a row stop the run with a clear error.
+(centers restored, no optimizer step) and counted; too many in a row stop the run with a clear error. So does a data
+source that yields nothing readable (`UnreadableSourceGuard`). SIGTERM / SIGUSR1 stop the run after the current step
+with a checkpoint on every rank (`rad_dino_hf.preemption`).
 """
 
 import gc
@@ -22,13 +24,14 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from rad_dino_hf.augment import MultiCropAugmentation
-from rad_dino_hf.checkpoint import TrainState, latest_checkpoint, save_checkpoint
-from rad_dino_hf.data import MultiCropMapper, build_stream, collate_crops, parse_source
+from rad_dino_hf.checkpoint import CheckpointError, TrainState, resumable_checkpoint, save_checkpoint, verify_checkpoint
+from rad_dino_hf.data import MultiCropMapper, UnreadableSourceGuard, build_stream, collate_crops, parse_source
 from rad_dino_hf.distributed import make_accelerator
 from rad_dino_hf.export import export_teacher, push_to_hub
 from rad_dino_hf.fingerprint import parameter_digest
 from rad_dino_hf.masking import sample_batch_masks
 from rad_dino_hf.plots import plot_training_curves
+from rad_dino_hf.preemption import Preempted, PreemptionRequest
 from rad_dino_hf.recipe import RecipeConfig
 from rad_dino_hf.schedules import apply_schedules, build_schedules, fuse_param_groups, param_groups
 from rad_dino_hf.ssl_model import (
@@ -161,6 +164,10 @@ class Pretrainer:
         set_seed(recipe.train.seed + self.accelerator.process_index)  # per-rank drop path
         self.mask_rng = random.Random(recipe.train.seed * 1000 + self.accelerator.process_index)
         self.dataloader = build_dataloader(recipe, self.accelerator.process_index, self.accelerator.num_processes)
+        self.source_guard = UnreadableSourceGuard(
+            [parse_source(spec) for spec in recipe.train.data_sources], recipe.train.max_consecutive_unreadable
+        )
+        self.preemption = PreemptionRequest()
         self.schedules = build_schedules(recipe, self.accelerator.num_processes)
         self.stop_at = min(recipe.total_iterations, recipe.train.max_iterations or recipe.total_iterations)
         self.checkpoint_root = self.output_dir / "checkpoints"
@@ -174,9 +181,13 @@ class Pretrainer:
     def resume(self) -> None:
         if self.options.resume == "never":
             return
-        checkpoint = (
-            latest_checkpoint(self.checkpoint_root) if self.options.resume == "auto" else Path(self.options.resume)
-        )
+        if self.options.resume == "auto":
+            checkpoint = resumable_checkpoint(self.checkpoint_root, self.accelerator)
+        else:
+            checkpoint = Path(self.options.resume)
+            problem = verify_checkpoint(checkpoint)
+            if problem is not None:
+                raise CheckpointError(f"--resume {checkpoint}: {problem}")
         if checkpoint is None:
             return
         self.accelerator.load_state(str(checkpoint))
@@ -326,9 +337,12 @@ class Pretrainer:
             disable=not (accelerator.is_main_process and self.options.progress),
         )
         data = iter(self.dataloader)
-        with logging_redirect_tqdm():  # log lines print above the bar instead of breaking it
-            budget_spent = self._loop(data, progress, metrics_path, started)
-        progress.close()
+        # Log lines print above the bar instead of breaking it; preemption signals are honoured in the loop.
+        try:
+            with logging_redirect_tqdm(), self.preemption:
+                budget_spent = self._loop(data, progress, metrics_path, started)
+        finally:  # also on an error: its message then starts on a line of its own
+            progress.close()
         if budget_spent:
             logger.info("Time budget of %.1f min spent at iteration %d", recipe.train.max_minutes, self.state.step)
         self.save()
@@ -342,6 +356,7 @@ class Pretrainer:
         while self.state.step < self.stop_at and not budget_spent:
             batch = next(data)
             self.state.skipped_samples += batch["n_skipped"]
+            self.source_guard.update(batch["read"])
             if batch["global_crops"] is None:
                 continue
             batch_images = batch["global_crops"].shape[1]
@@ -368,7 +383,24 @@ class Pretrainer:
                 window_start, window_images = time.perf_counter(), 0
             if step % recipe.train.checkpoint_every == 0 and step < self.stop_at and not budget_spent:
                 self.save()
+            if self._any_rank(self.preemption.requested):  # every rank takes the same decision at the same step
+                self._stop_preempted()
         return budget_spent
+
+    def _stop_preempted(self) -> None:
+        """Checkpoint on every rank, leave the process group together, raise `Preempted` (exit code 143)."""
+        checkpoint = self.save()
+        logger.warning(
+            "%s received: stopped after iteration %d with checkpoint %s. Run the same command again to resume.",
+            self.preemption.signal_name or "Preemption signal (on another rank)",
+            self.state.step,
+            checkpoint,
+        )
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+        self._release_process_group_users()
+        self.accelerator.end_training()
+        raise Preempted(self.preemption.signal_name or "", self.state.step, str(checkpoint))
 
     def _log(self, values: dict, metrics_path: Path) -> None:
         if not self.accelerator.is_main_process:

@@ -441,7 +441,13 @@ def test_multicrop_mapper_and_collate(tmp_path, augmentation):
     assert batch["global_crops"].shape == (2, 3, 3, 56, 56) and batch["global_crops"].dtype == torch.float32
     assert batch["local_crops"].shape == (2, 3, 3, 28, 28)
     assert torch.isfinite(batch["global_crops"]).all() and torch.isfinite(batch["local_crops"]).all()
-    assert collate_crops([bad]) == {"n_skipped": 1, "keys": [], "global_crops": None, "local_crops": None}
+    assert collate_crops([bad]) == {
+        "n_skipped": 1,
+        "keys": [],
+        "read": [(0, bad["key"], False)],
+        "global_crops": None,
+        "local_crops": None,
+    }
 
 
 def test_multicrop_mapper_is_seeded_by_seed_rank_and_index(tmp_path, augmentation):

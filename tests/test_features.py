@@ -14,6 +14,7 @@ from sklearn.decomposition import PCA
 import train_downstream
 from image_processing_rad_dino import RadDinoImageProcessor
 from rad_dino_hf.embeddings import list_images, read_embeddings, vectors
+from rad_dino_hf.errors import USAGE_EXIT_CODE, UserError
 from rad_dino_hf.features import extract_features
 from rad_dino_hf.plots import patch_pca_rgb
 
@@ -68,12 +69,13 @@ def test_features_command_writes_outputs(tiny_model, tiny_processor, tmp_path):
 
 
 def test_missing_folder_and_unknown_model_are_clear_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="not found"):
+    with pytest.raises(UserError, match="not found"):
         list_images(tmp_path / "nope")
-    with pytest.raises(FileNotFoundError, match="No images"):
+    with pytest.raises(UserError, match="No images"):
         list_images(tmp_path)
-    with pytest.raises(OSError):
+    with pytest.raises(SystemExit, match=str(USAGE_EXIT_CODE)) as info:  # one line `error: ...`, no traceback
         train_downstream.main(["features", "--images", str(SAMPLE), "--model", str(tmp_path / "no-model")])
+    assert "no-model: cannot load an encoder" in str(info.value.__cause__)
 
 
 def test_feature_cache_hit_is_identical_and_skips_the_encoder(tiny_model, tiny_processor, tmp_path, monkeypatch):
@@ -158,8 +160,9 @@ def test_two_processes_share_the_encoding_and_match_one(tiny_model_dir, labelled
 def test_linear_probe_reports_missing_columns(tmp_path):
     path = tmp_path / "bad.csv"
     path.write_text("file,diagnosis\nx.png,normal\n")
-    with pytest.raises(ValueError, match="lacks column"):
+    with pytest.raises(SystemExit, match=str(USAGE_EXIT_CODE)) as info:
         train_downstream.main(["linear-probe", "--model", "random", "--csv", str(path)])
+    assert "lacks column" in str(info.value.__cause__)
 
 
 def test_dicom_features_follow_the_conversion(tiny_model, tiny_processor, monochrome1_dicom, tmp_path):

@@ -89,7 +89,9 @@ def test_bad_multilabel_values_are_clear_errors(multilabel_csv, value, expected)
 
 def test_uncertain_minus_one_follows_the_policy(tmp_path):
     path = tmp_path / "chexpert.csv"
-    path.write_text("file,patient,edema,effusion\n/a.png,p1,-1,1\n/b.png,p2,0,-1.0\n/c.png,p3,,\n")
+    path.write_text("file,patient,edema,effusion\na.png,p1,-1,1\nb.png,p2,0,-1.0\nc.png,p3,,\n")
+    for name in ("a.png", "b.png"):  # listed images must exist (c.png is unlabelled: not read)
+        (tmp_path / name).touch()
     assert _read(path, ["edema", "effusion"]).labels.tolist() == [[0, 1], [0, 0]]  # c.png: unlabelled, left out
     assert _read(path, ["edema", "effusion"], uncertain_as="positive").labels.tolist() == [[1, 1], [0, 1]]
 
@@ -119,6 +121,7 @@ def test_hub_ids_need_an_image_root_for_relative_paths_and_reject_embedded_image
     monkeypatch.setattr(rad_dino_hf.tables, "load_dataset", fake_load_dataset)
     with pytest.raises(ValueError, match="pass --image-root"):
         _read("someone/cxr")
+    (tmp_path / "x.png").touch(), (tmp_path / "y.png").touch()
     table = _read("someone/cxr", image_root=str(tmp_path), split="validation")
     assert table.files == [tmp_path / "x.png", tmp_path / "y.png"] and calls[-1] == ("someone/cxr", "validation")
     with pytest.raises(ValueError, match="must hold image file paths"):

@@ -78,7 +78,8 @@ def run(options: Options, accelerator: Accelerator) -> dict | None:
     images, mask_files, patients = read_masked_sets(options.data, options.mask_column)
     encoding = encode(options.encoder, images, accelerator, options.cache, patches=True)
     encoder, processor, seed = encoding.model, encoding.processor, options.split.seed
-    masks = torch.from_numpy(np.stack([mask_like_processor(str(path), processor) for path in mask_files]))
+    masks = [mask_like_processor(str(path), processor, image) for path, image in zip(mask_files, images)]
+    masks = torch.from_numpy(np.stack(masks))
     train, val = patient_split(patients, options.split.val_fraction, seed)
     logger.info("Segmentation: %d train / %d validation images, no patient in both", len(train), len(val))
 
