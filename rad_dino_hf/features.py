@@ -1,11 +1,13 @@
 """Frozen-encoder feature extraction: image files in, CLS embeddings and patch-token maps out."""
 
 import hashlib
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
@@ -100,6 +102,7 @@ def cached_features(
     progress: bool = True,
     accelerator: Accelerator | None = None,
     patches: bool = True,
+    embeddings: Sequence[str | Path] = (),
 ) -> tuple[dict[str, torch.Tensor], bool]:
     """Features of `files` from the embeddings datasets in `cache_dir`, encoding only the files none holds.
 
@@ -108,14 +111,20 @@ def cached_features(
     and modification time. Returns `cls` `(N, D)`, `mean_patch` `(N, D)` and, with `patches`, `patch`
     `(N, D, h, w)` float32 tensors in the order of `files`, and whether every file came from the cache (then the
     encoder did not run). Under several processes each encodes its shards; all read the result back from disk.
-    Unreadable files are an error naming them.
+    Unreadable files are an error naming them. Rows are also looked up in the `embeddings` datasets (written by the
+    features command from image folders) made with the same weights and preprocessing in fp32.
     """
+    digest = parameter_digest(model)
     key = hashlib.sha256(
-        "|".join([parameter_digest(model), model.config.to_json_string(), processor.to_json_string()]).encode()
+        "|".join([digest, model.config.to_json_string(), processor.to_json_string()]).encode()
     ).hexdigest()[:32]
     root = Path(cache_dir) / key
     wanted = [_file_key(path) for path in files]
-    found = _cached_rows(root, set(wanted), patches)
+    grid = [model.config.hidden_size] + [
+        processor.crop_size[side] // model.config.patch_size for side in ("height", "width")
+    ]
+    sources = [Path(folder) for folder in embeddings if _same_encoder(Path(folder), digest, processor)]
+    found = _cached_rows([*sources, root], set(wanted), grid if patches else None)
     missing = sorted({path for path, key in zip(files, wanted) if key not in found}, key=str)
     if accelerator is not None:
         accelerator.wait_for_everyone()  # everyone has looked before anyone writes
@@ -132,7 +141,7 @@ def cached_features(
         if summary["errors"]:
             errors = (part / ERRORS_FILE).read_text().splitlines()[:5]
             raise ValueError(f"{summary['errors']} unreadable images, e.g. {'; '.join(errors)}")
-        found = _cached_rows(root, set(wanted), patches)
+        found = _cached_rows([*sources, root], set(wanted), grid if patches else None)
     else:
         logger.info("Features of %d images from the cache %s", len(files), root)
     rows = [found[key] for key in wanted]
@@ -150,26 +159,43 @@ def _file_key(path: str | Path) -> tuple[str, int, int]:
     return str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns
 
 
-def _cached_rows(root: Path, wanted: set[tuple[str, int, int]], patches: bool) -> dict[tuple[str, int, int], dict]:
-    """The cached vectors (`cls`, `mean_patch`, with `patches` `patch` `(D, h, w)`) of the `wanted` files' current
-    versions, from the complete shards of every dataset under `root` that stores what is asked for."""
+def _same_encoder(folder: Path, digest: str, processor: RadDinoImageProcessor) -> bool:
+    """Whether the embeddings dataset at `folder` was made in fp32 by weights of `digest` with `processor`'s
+    settings, from files (whose size and modification time it records)."""
+    metadata = read_metadata(folder)
+    same = metadata["weights_sha256"] == digest and metadata["dtype"] == "fp32"
+    same = same and metadata["processor"] == json.loads(json.dumps(processor.to_dict(), default=str))
+    if not same:
+        logger.warning("Not reading %s: made by other weights, preprocessing or dtype", folder)
+    return same
+
+
+def _cached_rows(
+    folders: Sequence[Path], wanted: set[tuple[str, int, int]], patch_shape: list[int] | None
+) -> dict[tuple[str, int, int], dict]:
+    """The vectors (`cls`, `mean_patch`, and with a `patch_shape` `(D, h, w)` the fp32 `patch` maps) of the `wanted`
+    files' current versions, from the complete shards of the embeddings datasets in `folders` (or in their
+    `part-*` sub-folders: the cache) that store what is asked for."""
     found = {}
-    for part in sorted(root.glob("part-*")):
+    parts = [part for folder in folders for part in [folder, *sorted(folder.glob("part-*"))]]
+    for part in parts:
         if not (part / METADATA_FILE).is_file() or not any(part.glob(SHARD_GLOB)):
             continue
         metadata = read_metadata(part)
-        if patches and metadata["patches"] != "fp32":
+        if patch_shape and (metadata["patches"] != "fp32" or metadata["patch_shape"] != patch_shape):
+            continue
+        if "file_size" not in pq.read_schema(next(part.glob(SHARD_GLOB))).names:  # made from a table, not files
             continue
         table = read_embeddings(part, ["path", "file_size", "file_mtime_ns"])
         keys = list(zip(*(table.column(name).to_pylist() for name in ("path", "file_size", "file_mtime_ns"))))
         rows = [row for row, key in enumerate(keys) if key in wanted and key not in found]
         if not rows:
             continue
-        columns = ["cls", "mean_patch"] + (["patch"] if patches else [])
+        columns = ["cls", "mean_patch"] + (["patch"] if patch_shape else [])
         table = read_embeddings(part, columns).take(rows)
         arrays = {name: vectors(table, name) for name in columns}
         for position, row in enumerate(rows):
             found[keys[row]] = {name: arrays[name][position] for name in columns}
-            if patches:
-                found[keys[row]]["patch"] = found[keys[row]]["patch"].reshape(metadata["patch_shape"])
+            if patch_shape:
+                found[keys[row]]["patch"] = found[keys[row]]["patch"].reshape(patch_shape)
     return found

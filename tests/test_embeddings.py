@@ -240,7 +240,8 @@ def test_similar_finds_the_image_then_its_resized_copy_and_lists_the_pair(tiny_m
 
 def test_probes_on_the_dataset_give_the_in_memory_metrics(tiny_model_dir, labelled_sample_csv, tmp_path, monkeypatch):
     """linear-probe and knn read the cache's embeddings dataset: their metrics equal those of the same probes on
-    features computed in memory by `extract_features`, and a second run never calls the encoder."""
+    features computed in memory by `extract_features`; a second run, or a probe given the features command's
+    dataset of the images (--embeddings), never calls the encoder."""
     from rad_dino_hf.features import extract_features
     from rad_dino_hf.knn import knn_classify
     from rad_dino_hf.metrics import classification_metrics
@@ -273,6 +274,20 @@ def test_probes_on_the_dataset_give_the_in_memory_metrics(tiny_model_dir, labell
     probabilities = knn_classify(cls[train], data.labels[train], cls[val], len(data.classes), 3).numpy()
     reference = classification_metrics(data.labels[val], probabilities, data.classes, seed=0)
     assert knn["accuracy"] == reference["accuracy"] and knn["auroc"] == reference["auroc"]
+
+    monkeypatch.undo()
+    embeddings = tmp_path / "embeddings"
+    train_downstream.main(
+        ["features", "--images", str(SAMPLE), "--model", str(tiny_model_dir), "--output", str(embeddings)]
+        + ["--num-workers", "0", "--max-pictures", "0", "--shard-size", "5"]
+    )
+    monkeypatch.setattr(RadDinoModel, "forward", no_encoder)
+    arguments[-1] = str(tmp_path / "empty-cache")
+    again = train_downstream.main(
+        ["linear-probe", *arguments, "--embeddings", str(embeddings), "--output", str(tmp_path / "again")]
+    )
+    assert again["features_from_cache"] and again["accuracy"] == probe["accuracy"]
+    assert again["auroc"] == probe["auroc"]
 
 
 def test_retrieval_baseline_returns_the_nearest_training_images_report(tiny_model_dir, images, tmp_path):

@@ -51,13 +51,22 @@ def add_encoder_arguments(parser: argparse.ArgumentParser, batch_size: int = 4) 
 
 @dataclasses.dataclass
 class CacheOptions:
-    """Folder of the frozen-feature cache (`rad_dino_hf.features.cached_features`)."""
+    """Folder of the frozen-feature cache (`rad_dino_hf.features.cached_features`) and embeddings datasets (the
+    features command's) to read features from before encoding."""
 
     cache_dir: str
+    embeddings: list[str]
 
 
 def add_cache_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", default="outputs/feature_cache", help="where computed features are kept")
+    parser.add_argument(
+        "--embeddings",
+        nargs="+",
+        default=[],
+        metavar="DIR",
+        help="embeddings datasets of image folders (features command, same model, fp32) to take features from",
+    )
 
 
 @dataclasses.dataclass

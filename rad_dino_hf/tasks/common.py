@@ -46,7 +46,14 @@ def encode(
     logger.info("Features of %d images with %s", len(files), name)
     start = time.perf_counter()
     features, from_cache = cached_features(
-        model, processor, files, cache.cache_dir, encoder.batch_size, accelerator=accelerator, patches=patches
+        model,
+        processor,
+        files,
+        cache.cache_dir,
+        encoder.batch_size,
+        accelerator=accelerator,
+        patches=patches,
+        embeddings=cache.embeddings,
     )
     return Encoding(model, processor, name, features, from_cache, time.perf_counter() - start)
 
