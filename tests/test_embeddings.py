@@ -302,3 +302,22 @@ def test_retrieval_baseline_returns_the_nearest_training_images_report(tiny_mode
         resized = image.resize((image.width * 3 // 4, image.height * 3 // 4), Image.BICUBIC)
     queries = [ReportPair("q0", resized, "?", "q"), ReportPair("q1", str(files[0]), "?", "q")]
     assert nearest_image_reports(str(tiny_model_dir), train, queries, 3, "cpu") == ["report 2", "report 0"]
+
+
+def test_bf16_rows_are_close_and_pooled_patch_maps_are_block_means(tiny_model_dir, images, tmp_path):
+    model, processor = load(tiny_model_dir)
+    source = files_source(list_images(images), images)
+    settings = EmbeddingSettings(batch_size=4, shard_size=8, dtype="bf16", patches="fp16", patch_grid=2, progress=False)
+    write_embeddings(model, processor, source, tmp_path / "bf16", settings)
+    table = read_embeddings(tmp_path / "bf16")
+    paths = table.column("path").to_pylist()
+    with torch.no_grad():
+        reference = model(processor(paths, return_tensors="pt")["pixel_values"])
+    cosine = torch.nn.functional.cosine_similarity(torch.tensor(vectors(table, "cls")), reference.cls_embeddings)
+    assert cosine.min() > 0.99 and not torch.equal(torch.tensor(vectors(table, "cls")), reference.cls_embeddings)
+    # 4 x 4 patch grid -> 2 x 2: each stored value is the mean of a 2 x 2 block (fp32 forward, fp16 storage).
+    settings.dtype = "fp32"
+    write_embeddings(model, processor, source, tmp_path / "pooled", settings)
+    blocks = reference.patch_embeddings.reshape(len(paths), 64, 2, 2, 2, 2).mean(dim=(3, 5))
+    stored = torch.tensor(vectors(read_embeddings(tmp_path / "pooled"), "patch").astype(np.float32))
+    torch.testing.assert_close(stored.reshape(len(paths), 64, 2, 2), blocks, atol=2e-3, rtol=2e-3)
