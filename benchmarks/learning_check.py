@@ -203,5 +203,6 @@ def main() -> None:
         )
     print(f"\nWritten: {output / 'learning_check.json'}")
 
+
 if __name__ == "__main__":
     main()

@@ -9,9 +9,10 @@ with the `evaluate` modules of this repository:
 `evaluate.load(path)` copies a local metric script into its modules cache and imports it there, so the script cannot
 import `rad_dino_hf` reliably (that depends on the working directory / `sys.path`). It does, however, copy
 same-directory modules named in relative imports (`from .classification_core import ...`) along with the script
-(and hashes them, so edits are picked up). This module loads those same core files by path with `importlib`, which needs neither
-`evaluate` (a slow import) nor any particular working directory, and re-exports their functions. Regression and sex
-metrics, which no `evaluate` module wraps, are defined here and reuse the core's bootstrap and AUROC.
+(and hashes them, so edits are picked up). This module loads those same core files by path with `importlib`,
+which needs neither `evaluate` (a slow import) nor any particular working directory, and re-exports their functions.
+Regression and sex metrics, which no `evaluate` module wraps, are defined here and reuse the core's bootstrap and
+AUROC.
 
     classification_metrics(labels, scores, class_names=None, multilabel=False, n_bootstrap=1000, seed=0)
     segmentation_metrics(predictions, targets, num_classes=None, ignore_index=255, include_background=True)

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+
 class KoLeoLoss(nn.Module):
     """``-mean_i log(||x_i - x_nn(i)|| + eps)`` on L2-normalised features.
 

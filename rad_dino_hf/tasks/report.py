@@ -221,7 +221,12 @@ def train_generator(options: Options, train_pairs: list[ReportPair], accelerator
         logger.info("Stage 1: %d of %d parameters trainable (projector)", *trainable_parameter_count(model))
         stage = "stage 1 (projector)"
         curves[stage] = train_loop(
-            model, loader, accelerator, training.stage1_epochs, training.stage1_lr, description=stage,
+            model,
+            loader,
+            accelerator,
+            training.stage1_epochs,
+            training.stage1_lr,
+            description=stage,
             metrics_path=output / TRAINING_LOG,
         )
         if accelerator.is_main_process:
@@ -231,7 +236,12 @@ def train_generator(options: Options, train_pairs: list[ReportPair], accelerator
         logger.info("Stage 2: %d of %d parameters trainable (LoRA + projector)", *trainable)
         stage = "stage 2 (LoRA)"
         curves[stage] = train_loop(
-            peft_model, loader, accelerator, training.stage2_epochs, training.stage2_lr, description=stage,
+            peft_model,
+            loader,
+            accelerator,
+            training.stage2_epochs,
+            training.stage2_lr,
+            description=stage,
             metrics_path=output / TRAINING_LOG,
         )
     accelerator.wait_for_everyone()
@@ -325,9 +335,7 @@ def run(options: Options, accelerator: Accelerator) -> dict | None:
         "train_seconds": round(train_seconds, 1),
         "final_loss": {stage: losses[-1] for stage, losses in curves.items()},
         "baseline_report": baseline,
-        "held_out": evaluate_split(
-            model, processor, held_out_pairs, baseline, options, "held_out", output, retrieved
-        ),
+        "held_out": evaluate_split(model, processor, held_out_pairs, baseline, options, "held_out", output, retrieved),
         "train": evaluate_split(
             model,
             processor,
