@@ -226,24 +226,28 @@ def _load_exactly(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], 
         raise ConversionError(f"{source}: missing keys {missing}, unexpected keys {unexpected}")
 
 
-def _to_hf(args: argparse.Namespace) -> None:
-    model, head = load_original(args.backbone, args.dino_head, args.num_heads)
-    output = Path(args.output)
-    model.save_pretrained(output)
+def convert_to_hf(backbone: str, output: str, dino_head: str | None = None, num_heads: int | None = None) -> Path:
+    """Original-layout backbone (+ DINO head) files -> a HF directory (the head file is copied next to it)."""
+    model, head = load_original(backbone, dino_head, num_heads)
+    folder = Path(output)
+    model.save_pretrained(folder)
     if head is not None:
-        shutil.copyfile(args.dino_head, output / DINO_HEAD_FILENAME)
-    logger.info("Wrote HF RAD-DINO checkpoint to %s", output)
+        shutil.copyfile(dino_head, folder / DINO_HEAD_FILENAME)
+    logger.info("Wrote HF RAD-DINO checkpoint to %s", folder)
+    return folder
 
 
-def _to_original(args: argparse.Namespace) -> None:
-    model_dir, output = Path(args.model), Path(args.output)
-    output.mkdir(parents=True, exist_ok=True)
-    model = RadDinoModel.from_pretrained(model_dir)
-    save_original_backbone(model, output / BACKBONE_FILENAME)
-    if (model_dir / DINO_HEAD_FILENAME).exists() and model_dir.resolve() != output.resolve():
-        load_dino_head(model_dir / DINO_HEAD_FILENAME, model.config)  # validates before copying
-        shutil.copyfile(model_dir / DINO_HEAD_FILENAME, output / DINO_HEAD_FILENAME)
-    logger.info("Wrote original-layout %s to %s", BACKBONE_FILENAME, output)
+def convert_to_original(model: str, output: str) -> Path:
+    """A HF directory -> original-layout backbone file (+ its DINO head file, validated, when the directory has one)."""
+    model_dir, folder = Path(model), Path(output)
+    folder.mkdir(parents=True, exist_ok=True)
+    backbone = RadDinoModel.from_pretrained(model_dir)
+    save_original_backbone(backbone, folder / BACKBONE_FILENAME)
+    if (model_dir / DINO_HEAD_FILENAME).exists() and model_dir.resolve() != folder.resolve():
+        load_dino_head(model_dir / DINO_HEAD_FILENAME, backbone.config)  # validates before copying
+        shutil.copyfile(model_dir / DINO_HEAD_FILENAME, folder / DINO_HEAD_FILENAME)
+    logger.info("Wrote original-layout %s to %s", BACKBONE_FILENAME, folder)
+    return folder
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -254,14 +258,15 @@ def main(argv: list[str] | None = None) -> None:
     to_hf.add_argument("--dino-head", help=f"original-layout head, e.g. {DINO_HEAD_FILENAME}")
     to_hf.add_argument("--output", required=True, help="directory to write (model.safetensors, config.json, ...)")
     to_hf.add_argument("--num-heads", type=int, help="attention heads (default: hidden size / 64, as DINOv2)")
-    to_hf.set_defaults(run=_to_hf)
     to_original = commands.add_parser("to-original", help="HF directory -> original DINOv2 safetensors")
     to_original.add_argument("--model", required=True, help="HF RAD-DINO / DINOv2 directory")
     to_original.add_argument("--output", required=True, help=f"directory to write {BACKBONE_FILENAME} into")
-    to_original.set_defaults(run=_to_original)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args.run(args)
+    if args.command == "to-hf":
+        convert_to_hf(args.backbone, args.output, args.dino_head, args.num_heads)
+    else:
+        convert_to_original(args.model, args.output)
 
 
 if __name__ == "__main__":
