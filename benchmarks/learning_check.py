@@ -94,6 +94,9 @@ def main() -> None:
     parser.add_argument("--output", default="outputs/learning_check")
     parser.add_argument("--seed", type=int, default=0, help="split, pretraining, random twin and probe seed")
     parser.add_argument("--max-images", type=int, default=None, help="a random subset of the pediatric images")
+    parser.add_argument(
+        "--pediatric-only", action="store_true", help="pretrain on probe-train pediatric images only (no adult sets)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     data, output = Path(args.data), Path(args.output)
@@ -117,8 +120,9 @@ def main() -> None:
         shutil.rmtree(folder, ignore_errors=True)
     pretrain_folder.mkdir()
     sources = [files[i] for i in train_index]
-    sources += sorted((data / "hannover-covid" / "images").glob("*.png"))
-    sources += sorted((data / "covid-chestxray" / "images").glob("*.jpg"))
+    if not args.pediatric_only:
+        sources += sorted((data / "hannover-covid" / "images").glob("*.png"))
+        sources += sorted((data / "covid-chestxray" / "images").glob("*.jpg"))
     for source in sources:
         link = pretrain_folder / f"{source.parent.name}__{source.name}"
         if not link.exists():

@@ -138,7 +138,7 @@ class FinetuneResult:
 
     model: nn.Module
     probabilities: np.ndarray
-    batch_losses: list[float] = field(default_factory=list)
+    update_losses: list[float] = field(default_factory=list)
     history: list[dict] = field(default_factory=list)
 
 
@@ -238,7 +238,7 @@ def finetune(
 
     settings = LoopSettings(options.epochs, options.warmup_fraction, options.max_grad_norm, "fine-tuning", metrics_path)
     log = train(accelerator, model, groups, train_loader, settings, classification_loss, validate)
-    result.batch_losses, result.history = log.update_losses, log.epochs
+    result.update_losses, result.history = log.update_losses, log.epochs
     return result
 
 

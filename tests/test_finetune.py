@@ -40,7 +40,7 @@ def _one_step(method: str) -> tuple[dict[str, torch.Tensor], nn.Module]:
     data = TensorDataset(torch.randn(6, 3, 28, 28, generator=generator), torch.tensor([0, 1, 2, 0, 1, 2]))
     options = FinetuneOptions(method=method, epochs=1, batch_size=6, lr=1e-2, lora_rank=RANK, warmup_fraction=0.0)
     result = finetune(Accelerator(), model, data, data, options)
-    assert len(result.batch_losses) == 1 and result.probabilities.shape == (6, CLASSES)
+    assert len(result.update_losses) == 1 and result.probabilities.shape == (6, CLASSES)
     return before, result.model.cpu()
 
 
