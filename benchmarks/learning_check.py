@@ -14,7 +14,7 @@
 Reported, not timed: results go to benchmarks/README.md and the model card by hand. A quick end-to-end check:
 
     python benchmarks/learning_check.py --minutes 30 --seed 0
-    python benchmarks/learning_check.py --minutes 1 --iterations 10 --max-images 90   # smoke test
+    python benchmarks/learning_check.py --minutes 2 --iterations 90 --max-images 90   # smoke test
 """
 
 import argparse
@@ -186,6 +186,7 @@ def main() -> None:
     }
     report = {
         "seed": args.seed,
+        "command": {"config": args.config, "set": args.set, "pediatric_only": args.pediatric_only},
         "pretraining": {key: summary[key] for key in ("step", "images_seen", "skipped_samples", "skipped_nan_steps")}
         | {"minutes": round(pretrain_minutes, 1), "images": len(sources), "image_size": pretrained.config.image_size}
         | {"images_per_second_encoding": len(files) / encode_seconds},
