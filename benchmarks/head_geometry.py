@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from image_processing_rad_dino import RadDinoImageProcessor  # noqa: E402
 from rad_dino_hf.checkpoint import latest_checkpoint  # noqa: E402
-from rad_dino_hf.data import IMAGE_SUFFIXES  # noqa: E402
+from rad_dino_hf.embeddings import list_images  # noqa: E402
+from rad_dino_hf.errors import UserError, reported_user_errors  # noqa: E402
 from rad_dino_hf.recipe import RecipeConfig  # noqa: E402
 from rad_dino_hf.ssl_model import initial_student, make_teacher  # noqa: E402
 
@@ -77,10 +78,12 @@ def head_geometry(z: torch.Tensor, head: torch.nn.Module, center: torch.Tensor, 
 
 def load_teacher(run: Path) -> tuple[torch.nn.Module, torch.Tensor, RecipeConfig]:
     """The teacher network, its DINO center `(1, K)` and the recipe of `run`'s last checkpoint (one process)."""
+    if not (run / "recipe.yaml").is_file():
+        raise UserError(f"{run} is not a train_pretrain.py output folder: it has no recipe.yaml")
     recipe = RecipeConfig.from_yaml(run / "recipe.yaml")
     checkpoint = latest_checkpoint(run / "checkpoints")
     if checkpoint is None:
-        sys.exit(f"error: {run / 'checkpoints'} holds no checkpoint")
+        raise UserError(f"{run / 'checkpoints'} holds no checkpoint")
     teacher = make_teacher(initial_student(recipe))
     # The single-process checkpoint order is teacher, then the loss module (centers), then the loop state.
     teacher.load_state_dict(torch.load(checkpoint / "custom_checkpoint_0.pkl", map_location="cpu"))
@@ -88,16 +91,12 @@ def load_teacher(run: Path) -> tuple[torch.nn.Module, torch.Tensor, RecipeConfig
     return teacher.eval(), centers["dino_loss.center"], recipe
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run", help="a train_pretrain.py output folder (with recipe.yaml and checkpoints/)")
-    parser.add_argument("--images", default=str(REPO / "data" / "sample" / "images"), help="a folder of images")
-    parser.add_argument("--max-images", type=int, default=64)
-    args = parser.parse_args()
+def report(args: argparse.Namespace) -> None:
+    """Print the head's geometry for the command line's run and images."""
     teacher, center, recipe = load_teacher(Path(args.run))
-    files = sorted(f for f in Path(args.images).rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+    files = list_images(args.images)
     if len(files) < 2:
-        sys.exit(f"error: {args.images} holds fewer than 2 images")
+        raise UserError(f"{args.images} holds a single image; the cone needs two or more")
     files = files[:: max(1, len(files) // args.max_images)][: args.max_images]  # spread over the folder's classes
 
     size = recipe.crops.global_crops_size
@@ -112,6 +111,16 @@ def main() -> None:
     print("| quantity | value |\n|---|---|")
     for name, value in numbers.items():
         print(f"| {name} | {value:.4g} |" if isinstance(value, float) else f"| {name} | {value} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", help="a train_pretrain.py output folder (with recipe.yaml and checkpoints/)")
+    parser.add_argument("--images", default=str(REPO / "data" / "sample" / "images"), help="a folder of images")
+    parser.add_argument("--max-images", type=int, default=64)
+    args = parser.parse_args()
+    with reported_user_errors():
+        report(args)
 
 
 if __name__ == "__main__":
