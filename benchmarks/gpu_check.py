@@ -519,6 +519,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--compile-timeout", type=int, default=240, help="seconds before a compile is given up")
     parser.add_argument("--launch-timeout", type=int, default=300, help="seconds per accelerate launch")
     parser.add_argument("--parts", nargs="+", default=["pretrain", "inference", "report"])
+    parser.add_argument("--launch-modes", nargs="+", choices=list(LAUNCH_CONFIGS), default=list(LAUNCH_CONFIGS))
     parser.add_argument("--workdir", type=Path, help="keep the runs here (default: a temporary folder, removed)")
     parser.add_argument("--output", type=Path, help="write the rows as JSON here")
     args = parser.parse_args(argv)
@@ -553,7 +554,7 @@ def main(argv=None) -> int:
     rows: list[dict] = []
     try:
         if "pretrain" in args.parts:
-            for mode in LAUNCH_CONFIGS:
+            for mode in args.launch_modes:
                 print(f"[{time.perf_counter() - started:5.0f} s] pretraining, {mode}", flush=True)
                 rows.append(pretraining_row(args, mode, device, workdir))
         if "inference" in args.parts:

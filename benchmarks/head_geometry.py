@@ -84,6 +84,8 @@ def load_teacher(run: Path) -> tuple[torch.nn.Module, torch.Tensor, RecipeConfig
     checkpoint = latest_checkpoint(run / "checkpoints")
     if checkpoint is None:
         raise UserError(f"{run / 'checkpoints'} holds no checkpoint")
+    if (checkpoint / "pytorch_model_fsdp_1").exists():
+        raise UserError(f"{checkpoint} is an FSDP checkpoint (teacher sharded); give a single-process or DDP run")
     teacher = make_teacher(initial_student(recipe))
     # The single-process checkpoint order is teacher, then the loss module (centers), then the loop state.
     teacher.load_state_dict(torch.load(checkpoint / "custom_checkpoint_0.pkl", map_location="cpu"))

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
 
 from configuration_rad_dino import RadDinoConfig
 from modeling_rad_dino import RadDinoModel
@@ -164,6 +165,18 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
         raise ValueError("teacher and student have different parameter lists")
     torch._foreach_mul_(teacher_params, momentum)
     torch._foreach_add_(teacher_params, student_params, alpha=1.0 - momentum)
+
+
+def update_teacher(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
+    """The trainer's EMA step (`ema_update`), also for an FSDP2-sharded teacher and student.
+
+    Sharded alike, each rank updates its own shards. FSDP2 leaves the root unit's parameters gathered after a
+    forward, for the backward that follows; the teacher has no backward, so it is resharded first (else its root
+    parameters are full tensors while the student's are shards).
+    """
+    if isinstance(teacher, FSDPModule):
+        teacher.reshard()
+    ema_update(teacher, student, momentum)
 
 
 @dataclass

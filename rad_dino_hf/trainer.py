@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from accelerate import DistributedType
-from accelerate.utils import gather_object, set_seed
+from accelerate import Accelerator, DistributedType
+from accelerate.utils import fsdp2_prepare_model, gather_object, set_seed
 from torchdata.stateful_dataloader import StatefulDataLoader
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -37,9 +37,9 @@ from rad_dino_hf.schedules import apply_schedules, build_schedules, fuse_param_g
 from rad_dino_hf.ssl_model import (
     SelfDistillationNetwork,
     SelfDistillationObjective,
-    ema_update,
     initial_student,
     make_teacher,
+    update_teacher,
 )
 
 logger = logging.getLogger(__name__)
@@ -100,7 +100,8 @@ def _tensorboard_writer(folder: Path):
 
 
 def _all_finite(module: torch.nn.Module) -> bool:
-    return all(torch.isfinite(p).all() for p in module.parameters())
+    """This rank's parameters (under FSDP2 its own shards) are all finite; combine ranks with `_any_rank`."""
+    return all(torch.isfinite(p.to_local() if hasattr(p, "to_local") else p).all() for p in module.parameters())
 
 
 def clip_grad_norms(parts: dict[str, torch.nn.Module], max_norm: float) -> dict[str, float]:
@@ -115,6 +116,20 @@ def clip_grad_norms(parts: dict[str, torch.nn.Module], max_norm: float) -> dict[
         norm = torch.nn.utils.clip_grad_norm_(part.parameters(), max_norm if max_norm > 0 else math.inf)
         norms[name] = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
     return norms
+
+
+def shard_teacher_fsdp2(accelerator: Accelerator, teacher: torch.nn.Module) -> torch.nn.Module:
+    """Shard the teacher with the student's FSDP2 plan, so that the EMA pairs matching shards (as DINOv2 shards
+    both with FSDP), and checkpoint it as the accelerator's second model (`pytorch_model_fsdp_1`), as FSDP1 does.
+
+    `Accelerator.prepare` takes exactly one model (with its optimizer) under FSDP2 and the teacher has no optimizer,
+    so it is sharded with the same `fsdp2_prepare_model` that `prepare` applies to the student. Adding it to
+    `_models` (accelerate has no public call for this) makes `save_state` / `load_state` write and read its shards
+    like the student's, in the same order as the FSDP1 path.
+    """
+    teacher = fsdp2_prepare_model(accelerator, teacher)
+    accelerator._models.append(teacher)
+    return teacher
 
 
 class Pretrainer:
@@ -152,7 +167,10 @@ class Pretrainer:
             fuse_param_groups(groups), betas=(recipe.optim.adamw_beta1, recipe.optim.adamw_beta2)
         )
         self.teacher_is_sharded = self.accelerator.distributed_type == DistributedType.FSDP
-        if self.teacher_is_sharded:  # shard the teacher like the student so EMA pairs matching shards
+        if self.teacher_is_sharded and self.accelerator.is_fsdp2:
+            self.student, self.optimizer = self.accelerator.prepare(self.student, optimizer)
+            self.teacher = shard_teacher_fsdp2(self.accelerator, self.teacher)
+        elif self.teacher_is_sharded:  # shard the teacher like the student so EMA pairs matching shards
             self.student, self.teacher, self.optimizer = self.accelerator.prepare(self.student, self.teacher, optimizer)
         else:
             self.student, self.optimizer = self.accelerator.prepare(self.student, optimizer)
@@ -196,7 +214,7 @@ class Pretrainer:
         logger.info("Resumed from %s at iteration %d", checkpoint, self.state.step)
 
     def save(self) -> Path:
-        if not (_all_finite(self.student) and _all_finite(self.teacher)):
+        if self._any_rank(not (_all_finite(self.student) and _all_finite(self.teacher))):
             raise NonFiniteLossError("Refusing to checkpoint non-finite weights")
         self.state.dataloader_state = self.dataloader.state_dict()
         self.state.mask_rng_state = self.mask_rng.getstate()
@@ -269,7 +287,7 @@ class Pretrainer:
         if not self.accelerator.sync_gradients:
             return None
         momentum = self.schedules["momentum"][iteration]
-        ema_update(self.teacher, self.accelerator.unwrap_model(self.student), momentum)
+        update_teacher(self.teacher, self.accelerator.unwrap_model(self.student), momentum)
         self.state.step += 1
         information = {name: float(value) for name, value in terms.target_information.items()}
         self._watch_collapse(information)

@@ -93,3 +93,10 @@ def test_reads_the_teacher_of_a_finished_run(geometry, tmp_path):
     assert center.abs().sum() > 0  # the centers of the run, not a fresh zero buffer
     for name, value in exported.items():
         assert torch.equal(backbone[name], value), name
+    # An FSDP run keeps its teacher sharded in pytorch_model_fsdp_1, not in custom_checkpoint_0.pkl.
+    from rad_dino_hf.checkpoint import latest_checkpoint
+    from rad_dino_hf.errors import UserError
+
+    (latest_checkpoint(tmp_path / "run" / "checkpoints") / "pytorch_model_fsdp_1").mkdir()
+    with pytest.raises(UserError, match="FSDP checkpoint"):
+        geometry.load_teacher(tmp_path / "run")
