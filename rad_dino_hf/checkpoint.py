@@ -122,12 +122,8 @@ def save_checkpoint(accelerator: Accelerator, root: str | Path, step: int, keep:
             _fsync_tree(tmp)
     except OSError as error:  # e.g. ENOSPC: drop the partial copy, keep the previous checkpoint and pointer
         shutil.rmtree(tmp, ignore_errors=True)
-        pointer = root / LATEST_POINTER
-        kept = (
-            f"the previous checkpoint {root / pointer.read_text(encoding='utf-8').strip()} is intact"
-            if pointer.exists()
-            else "no earlier checkpoint exists"
-        )
+        previous = _pointer_target(root)
+        kept = f"the previous checkpoint {root / previous} is intact" if previous else "no earlier checkpoint exists"
         raise CheckpointError(
             f"Could not write checkpoint {final.name} under {root}: {error}; {kept}. "
             "Free disk space (or lower train.keep_checkpoints) and run again to resume."
@@ -143,15 +139,21 @@ def save_checkpoint(accelerator: Accelerator, root: str | Path, step: int, keep:
     return final
 
 
+def _pointer_target(root: Path) -> str | None:
+    """The checkpoint folder name in `root/latest`, or None when there is no pointer."""
+    pointer = root / LATEST_POINTER
+    return pointer.read_text(encoding="utf-8").strip() if pointer.exists() else None
+
+
 def latest_checkpoint(root: str | Path) -> Path | None:
     """The last completely written checkpoint under `root`, or None. Leftover temporary folders are ignored."""
     root = Path(root)
-    pointer = root / LATEST_POINTER
-    if not pointer.exists():
+    name = _pointer_target(root)
+    if name is None:
         return None
-    checkpoint = root / pointer.read_text(encoding="utf-8").strip()
+    checkpoint = root / name
     if not checkpoint.is_dir():
-        raise FileNotFoundError(f"{pointer} names {checkpoint.name}, which does not exist")
+        raise FileNotFoundError(f"{root / LATEST_POINTER} names {name}, which does not exist")
     return checkpoint
 
 
@@ -171,9 +173,8 @@ def resumable_checkpoint(root: str | Path, accelerator: Accelerator | None = Non
 
 def _resumable_checkpoint(root: Path) -> Path | None:
     candidates = sorted(root.glob(f"{_STEP_PREFIX}*"), reverse=True)
-    pointer = root / LATEST_POINTER
-    if pointer.exists():  # nothing newer than the pointer: a newer folder would be one the pointer never named
-        latest = pointer.read_text(encoding="utf-8").strip()
+    latest = _pointer_target(root)
+    if latest is not None:  # nothing newer than the pointer: a newer folder would be one the pointer never named
         candidates = [c for c in candidates if c.name <= latest]
     if not candidates:
         return None

@@ -24,7 +24,7 @@ import math
 import random
 import re
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,9 +101,15 @@ def parse_source(spec: str) -> DataSource:
     return DataSource(location=location, kind=kind, weight=weight)
 
 
+def image_files(folder: str | Path) -> Iterator[Path]:
+    """The image and DICOM files (`IMAGE_SUFFIXES`, any case) under `folder`, recursively, in no set order."""
+    return (path for path in Path(folder).rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES)
+
+
 def folder_images(location: str | Path) -> list[str]:
-    """The image and DICOM files under a folder source, sorted; an empty folder is a `UserError`."""
-    files = sorted(str(p) for p in Path(location).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    """The image and DICOM files under a folder source, sorted as strings (the stream's shard order depends on
+    it, so that order is kept); an empty folder is a `UserError`."""
+    files = sorted(str(path) for path in image_files(location))
     if not files:
         raise UserError(f"Data source {location}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
     return files

@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 from image_processing_rad_dino import RadDinoImageProcessor, UnreadableImageError
 from modeling_rad_dino import RadDinoModel
-from rad_dino_hf.data import IMAGE_SUFFIXES
+from rad_dino_hf.data import IMAGE_SUFFIXES, image_files
 from rad_dino_hf.errors import UserError
 from rad_dino_hf.fingerprint import parameter_digest
 from rad_dino_hf.tables import BUILDERS, load_table
@@ -134,7 +134,7 @@ def list_images(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"Image folder not found: {folder}")
-    files = sorted(path for path in folder.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(image_files(folder))
     if not files:
         raise UserError(f"No images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {folder}")
     return files

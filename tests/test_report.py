@@ -345,3 +345,28 @@ def test_vision_cache_gives_the_same_training_and_encodes_each_image_once(genera
     assert not isinstance(twin.model.vision_tower, FrozenTowerCache)  # the plain tower is back for saving
     for name, parameter in model.state_dict().items():
         torch.testing.assert_close(twin.state_dict()[name], parameter, atol=1e-6, rtol=1e-6)
+
+
+def test_min_new_tokens_fixes_the_length_and_tokens_counts_it(generator, pairs):
+    model, processor = generator
+    tokenizer = processor.tokenizer
+    fixed = GenerationSettings(max_new_tokens=5, min_new_tokens=5, batch_size=len(pairs))
+    rows = generate_reports(model, processor, pairs, INSTRUCTION, fixed, progress=False)
+    assert [row["tokens"] for row in rows] == [5] * len(pairs)
+
+    # Counted independently: the position of the first end token in `generate`'s own output (5 if none).
+    free = GenerationSettings(max_new_tokens=5, batch_size=len(pairs))
+    rows = generate_reports(model, processor, pairs, INSTRUCTION, free, progress=False)
+    batch = ReportCollator(processor, INSTRUCTION, for_generation=True)(pairs)
+    batch.pop("ids"), batch.pop("references")
+    with torch.no_grad():
+        output = model.generate(
+            **batch,
+            max_new_tokens=5,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    new_tokens = output[:, batch["input_ids"].shape[1] :].tolist()
+    expected = [row.index(tokenizer.eos_token_id) if tokenizer.eos_token_id in row else len(row) for row in new_tokens]
+    assert [row["tokens"] for row in rows] == expected

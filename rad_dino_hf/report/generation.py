@@ -21,6 +21,7 @@ class GenerationSettings:
     num_beams: int = 1
     repetition_penalty: float = 1.0
     batch_size: int = 8
+    min_new_tokens: int = 0  # > 0 forbids the end token before that many tokens (fixed-length timing)
 
 
 @torch.inference_mode()
@@ -32,7 +33,8 @@ def generate_reports(
     settings: GenerationSettings = GenerationSettings(),
     progress: bool = True,
 ) -> list[dict[str, str]]:
-    """Generate a report for each pair's image. Returns `[{"id", "reference", "generated"}]` in the pairs' order."""
+    """Generate a report for each pair's image. Returns `[{"id", "reference", "generated", "tokens"}]` in the pairs'
+    order; `tokens` counts each report's generated tokens, its end token not counted."""
     collator = ReportCollator(processor, instruction, for_generation=True)
     loader = DataLoader(pairs, batch_size=settings.batch_size, collate_fn=collator)
     device = next(model.parameters()).device
@@ -43,16 +45,21 @@ def generate_reports(
         output = model.generate(
             **inputs,
             max_new_tokens=settings.max_new_tokens,
+            min_new_tokens=settings.min_new_tokens,
             num_beams=settings.num_beams,
             repetition_penalty=settings.repetition_penalty,
             do_sample=False,
             pad_token_id=processor.tokenizer.pad_token_id,
             eos_token_id=processor.tokenizer.eos_token_id,
         )
-        texts = processor.tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        new_tokens = output[:, inputs["input_ids"].shape[1] :]
+        texts = processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        # Tokens each report took, its end token not counted (padding fills the rows that ended early).
+        ended = (new_tokens == processor.tokenizer.pad_token_id) | (new_tokens == processor.tokenizer.eos_token_id)
+        lengths = (~ended).sum(dim=1).tolist()
         rows.extend(
-            {"id": i, "reference": reference, "generated": text.strip()}
-            for i, reference, text in zip(ids, references, texts)
+            {"id": i, "reference": reference, "generated": text.strip(), "tokens": length}
+            for i, reference, text, length in zip(ids, references, texts, lengths)
         )
     return rows
 

@@ -287,7 +287,10 @@ def evaluate_split(
     the most common training report, and (`retrieved`, one per pair) the nearest training image's report."""
     evaluation = options.evaluation
     settings = GenerationSettings(
-        evaluation.max_new_tokens, evaluation.num_beams, evaluation.repetition_penalty, options.training.batch_size
+        max_new_tokens=evaluation.max_new_tokens,
+        num_beams=evaluation.num_beams,
+        repetition_penalty=evaluation.repetition_penalty,
+        batch_size=options.training.batch_size,
     )
     start = time.perf_counter()
     rows = generate_reports(model, processor, pairs, options.data.instruction, settings)
