@@ -167,16 +167,14 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
     torch._foreach_add_(teacher_params, student_params, alpha=1.0 - momentum)
 
 
-def update_teacher(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
-    """The trainer's EMA step (`ema_update`), also for an FSDP2-sharded teacher and student.
+def reshard_after_each_forward(teacher: FSDPModule) -> None:
+    """Keep an FSDP2-sharded teacher sharded between its forwards.
 
-    Sharded alike, each rank updates its own shards. FSDP2 leaves the root unit's parameters gathered after a
-    forward, for the backward that follows; the teacher has no backward, so it is resharded first (else its root
-    parameters are full tensors while the student's are shards).
+    FSDP2 leaves the root unit's parameters gathered after a forward, for the backward that follows. The teacher
+    has no backward: gathered, its root parameters would be full tensors next to the student's shards in the EMA,
+    and full tensors in a checkpoint written after a skipped step. A forward hook reshards it as soon as it returns.
     """
-    if isinstance(teacher, FSDPModule):
-        teacher.reshard()
-    ema_update(teacher, student, momentum)
+    teacher.register_forward_hook(lambda module, args, output: module.reshard())
 
 
 @dataclass

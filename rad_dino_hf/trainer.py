@@ -37,9 +37,10 @@ from rad_dino_hf.schedules import apply_schedules, build_schedules, fuse_param_g
 from rad_dino_hf.ssl_model import (
     SelfDistillationNetwork,
     SelfDistillationObjective,
+    ema_update,
     initial_student,
     make_teacher,
-    update_teacher,
+    reshard_after_each_forward,
 )
 
 logger = logging.getLogger(__name__)
@@ -123,11 +124,13 @@ def shard_teacher_fsdp2(accelerator: Accelerator, teacher: torch.nn.Module) -> t
     both with FSDP), and checkpoint it as the accelerator's second model (`pytorch_model_fsdp_1`), as FSDP1 does.
 
     `Accelerator.prepare` takes exactly one model (with its optimizer) under FSDP2 and the teacher has no optimizer,
-    so it is sharded with the same `fsdp2_prepare_model` that `prepare` applies to the student. Adding it to
+    so it is sharded with the same `fsdp2_prepare_model` that `prepare` applies to the student, and resharded after
+    each forward (`reshard_after_each_forward`: it has no backward to do that). Adding it to
     `_models` (accelerate has no public call for this) makes `save_state` / `load_state` write and read its shards
     like the student's, in the same order as the FSDP1 path.
     """
     teacher = fsdp2_prepare_model(accelerator, teacher)
+    reshard_after_each_forward(teacher)
     accelerator._models.append(teacher)
     return teacher
 
@@ -287,7 +290,7 @@ class Pretrainer:
         if not self.accelerator.sync_gradients:
             return None
         momentum = self.schedules["momentum"][iteration]
-        update_teacher(self.teacher, self.accelerator.unwrap_model(self.student), momentum)
+        ema_update(self.teacher, self.accelerator.unwrap_model(self.student), momentum)
         self.state.step += 1
         information = {name: float(value) for name, value in terms.target_information.items()}
         self._watch_collapse(information)
