@@ -66,6 +66,17 @@ class DataSource:
     image_column: str | None = None
 
     def resolved_kind(self) -> str:
+        """`kind`, or for "auto" what `location` is (looked at once: telling a folder apart walks its tree)."""
+        return self._kind
+
+    @functools.cached_property
+    def folder_files(self) -> list[str]:
+        """A folder source's image files (`folder_images`), listed once: the stream, the epoch count and the
+        unreadable-sample guard all need them, and a large folder takes long to walk."""
+        return folder_images(self.location)
+
+    @functools.cached_property
+    def _kind(self) -> str:
         if self.kind != "auto":
             if self.kind not in SOURCE_KINDS:
                 raise UserError(f"Unknown source kind {self.kind!r}; choose from {', '.join(SOURCE_KINDS)}")
@@ -135,7 +146,7 @@ def _open_folder(
     of `world_size` (when there are enough files): `split_dataset_by_node` then deals every epoch's shards out to
     the ranks, so within an epoch the ranks read disjoint files that together cover the folder.
     """
-    files = folder_images(source.location)
+    files = source.folder_files
     n_shards = math.ceil(len(files) / files_per_shard)
     if world_size > 1 and len(files) >= world_size:
         n_shards = math.ceil(n_shards / world_size) * world_size
@@ -407,7 +418,7 @@ class UnreadableSourceGuard:
         self.sources = sources
         self.limits = []
         for source in sources:
-            size = len(folder_images(source.location)) if source.resolved_kind() == "folder" else None
+            size = len(source.folder_files) if source.resolved_kind() == "folder" else None
             bounds = [n for n in (limit if limit > 0 else None, size) if n is not None]
             self.limits.append(min(bounds) if bounds else math.inf)
         self.unreadable = [0] * len(sources)

@@ -25,7 +25,14 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from rad_dino_hf.augment import MultiCropAugmentation
 from rad_dino_hf.checkpoint import CheckpointError, TrainState, resumable_checkpoint, save_checkpoint, verify_checkpoint
-from rad_dino_hf.data import MultiCropMapper, UnreadableSourceGuard, build_stream, collate_crops, parse_source
+from rad_dino_hf.data import (
+    DataSource,
+    MultiCropMapper,
+    UnreadableSourceGuard,
+    build_stream,
+    collate_crops,
+    parse_source,
+)
 from rad_dino_hf.distributed import make_accelerator
 from rad_dino_hf.export import export_teacher, push_to_hub
 from rad_dino_hf.fingerprint import parameter_digest
@@ -64,13 +71,16 @@ class RunOptions:
     progress: bool = True
 
 
-def build_dataloader(recipe: RecipeConfig, rank: int, world_size: int) -> StatefulDataLoader:
-    """Stream -> decode + multi-crop (in workers) -> batches; the loader's `state_dict()` is the data position."""
-    sources = [parse_source(spec) for spec in recipe.train.data_sources]
+def build_dataloader(
+    recipe: RecipeConfig, rank: int, world_size: int, sources: list[DataSource] | None = None
+) -> StatefulDataLoader:
+    """Stream -> decode + multi-crop (in workers) -> batches; the loader's `state_dict()` is the data position.
+
+    `sources`: the parsed `recipe.train.data_sources` (parsed here when not given).
+    """
+    sources = sources or [parse_source(spec) for spec in recipe.train.data_sources]
     samples_needed = recipe.total_iterations * recipe.train.global_batch_size(world_size)
-    folder_files = min(
-        (sum(1 for _ in Path(s.location).rglob("*")) for s in sources if s.resolved_kind() == "folder"), default=1
-    )
+    folder_files = min((len(s.folder_files) for s in sources if s.resolved_kind() == "folder"), default=1)
     folder_epochs = math.ceil(samples_needed / max(folder_files, 1)) + world_size
     stream = build_stream(
         sources, recipe.train.seed, rank, world_size, recipe.train.files_per_shard, folder_epochs=folder_epochs
@@ -184,10 +194,11 @@ class Pretrainer:
         self.accelerator.register_for_checkpointing(self.objective, self.state)
         set_seed(recipe.train.seed + self.accelerator.process_index)  # per-rank drop path
         self.mask_rng = random.Random(recipe.train.seed * 1000 + self.accelerator.process_index)
-        self.dataloader = build_dataloader(recipe, self.accelerator.process_index, self.accelerator.num_processes)
-        self.source_guard = UnreadableSourceGuard(
-            [parse_source(spec) for spec in recipe.train.data_sources], recipe.train.max_consecutive_unreadable
+        sources = [parse_source(spec) for spec in recipe.train.data_sources]  # each folder is listed once
+        self.dataloader = build_dataloader(
+            recipe, self.accelerator.process_index, self.accelerator.num_processes, sources
         )
+        self.source_guard = UnreadableSourceGuard(sources, recipe.train.max_consecutive_unreadable)
         self.preemption = PreemptionRequest()
         self.schedules = build_schedules(recipe, self.accelerator.num_processes)
         self.stop_at = min(recipe.total_iterations, recipe.train.max_iterations or recipe.total_iterations)

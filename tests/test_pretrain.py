@@ -121,6 +121,19 @@ def test_gradient_accumulation_steps_once_per_window(tmp_path, images):
     assert recipe["train"]["gradient_accumulation_steps"] == 2
 
 
+def test_a_folder_source_is_listed_once_per_run(tmp_path, images, monkeypatch):
+    """The stream, the epoch count and the unreadable-sample guard share one listing (a large folder is slow)."""
+    from rad_dino_hf import data
+
+    listed = []
+    original = data.folder_images
+    monkeypatch.setattr(data, "folder_images", lambda location: listed.append(location) or original(location))
+    (images / "notes.txt").write_text("not an image")  # must not count as a file of the folder
+    summary = run(write_recipe(tmp_path, images), "--set", "train.max_iterations=1")
+    assert summary["step"] == 1
+    assert listed == [str(images)]
+
+
 def test_corrupt_samples_are_skipped_and_counted(tmp_path, images):
     (images / "empty.png").write_bytes(b"")
     (images / "notes.png").write_text("not an image")
