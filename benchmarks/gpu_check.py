@@ -464,7 +464,7 @@ def report_rows(args, device: torch.device) -> list[dict]:
         images_per_s=len(generated) / seconds,
         step_ms=1000 * seconds,
         peak_gpu_gib=peak_memory_gib(device),
-        checks={"reports": len(generated)},
+        checks={"reports": len(generated), "tokens": tokens},
         notes=f"generated tokens {tokens}",
     )
     return [step_row, generate_row]

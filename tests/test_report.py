@@ -358,7 +358,7 @@ def test_min_new_tokens_fixes_the_length_and_tokens_counts_it(generator, pairs):
     free = GenerationSettings(max_new_tokens=5, batch_size=len(pairs))
     rows = generate_reports(model, processor, pairs, INSTRUCTION, free, progress=False)
     batch = ReportCollator(processor, INSTRUCTION, for_generation=True)(pairs)
-    batch.pop("ids"), batch.pop("references")
+    del batch["ids"], batch["references"]
     with torch.no_grad():
         output = model.generate(
             **batch,
