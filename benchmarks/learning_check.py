@@ -9,11 +9,15 @@
      linear evaluation, for the pretrained encoder and its random-init twin;
    - the same probe on raw pixels: the processor's image (the encoder's input) area-averaged to the encoder's patch
      grid and to 16 x 16, what any encoder has to beat;
-   - DINO's weighted k-NN (k = 20, T = 0.07) on the CLS token, which tests the DINO objective directly.
+   - DINO's weighted k-NN (k = 20, T = 0.07) on the CLS token, which tests the DINO objective directly;
+   - with `--finetune-epochs N`: both encoders fine-tuned end to end on probe-train's labels (every weight, same
+     settings). From random init this is supervised training from scratch: what the architecture reaches on this
+     data with labels, the reference for any self-supervised gain; from the pretrained weights it tests the
+     encoder as an initialisation.
 
 Reported, not timed: results go to benchmarks/README.md and the model card by hand. A quick end-to-end check:
 
-    python benchmarks/learning_check.py --minutes 30 --seed 0
+    python benchmarks/learning_check.py --minutes 30 --seed 0 --finetune-epochs 30
     python benchmarks/learning_check.py --minutes 2 --iterations 90 --max-images 90   # smoke test
 """
 
@@ -29,12 +33,24 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from accelerate import Accelerator
+from PIL import Image, ImageDraw
+from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from configuration_rad_dino import RadDinoConfig  # noqa: E402
 from image_processing_rad_dino import RadDinoImageProcessor  # noqa: E402
 from modeling_rad_dino import RadDinoModel  # noqa: E402
+from rad_dino_hf.checkpoint import latest_checkpoint  # noqa: E402
 from rad_dino_hf.features import extract_features  # noqa: E402
+from rad_dino_hf.finetune import (  # noqa: E402
+    FinetuneOptions,
+    ImageDataset,
+    augment_radiograph,
+    classifier_from_encoder,
+    finetune,
+)
 from rad_dino_hf.knn import knn_classify  # noqa: E402
 from rad_dino_hf.metrics import classification_metrics  # noqa: E402
 from rad_dino_hf.probe import linear_probe  # noqa: E402
@@ -44,6 +60,48 @@ from rad_dino_hf.trainer import RunOptions, pretrain  # noqa: E402
 
 logger = logging.getLogger("learning_check")
 REPO = Path(__file__).resolve().parents[1]
+
+
+SHAPES = ("disk", "square", "triangle", "cross")
+
+
+def draw_shapes(folder: Path, count: int, side: int, seed: int) -> tuple[list[Path], np.ndarray]:
+    """Draw `count` grey `side x side` PNGs into `folder`, one shape each (`SHAPES[i % 4]`), and return the files and
+    their class indices `(count,)`.
+
+    A control for the learning check: each shape has a random half-size (12-22 % of the side), position, and a
+    brightness step of random sign (lighter or darker than its surround, 40-90 grey levels) on a random linear
+    gradient with Gaussian noise. The class is what the shape is, wherever it is and whichever its polarity, so a
+    linear read of the pixels barely separates the classes, while crop-invariant self-supervision should: if the
+    recipe does not learn here, the fault is in the recipe or the code, not in the scale of the CXR data.
+    """
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    files, labels = [], []
+    for index in range(count):
+        label = index % len(SHAPES)
+        half = side * rng.uniform(0.12, 0.22)
+        cx, cy = rng.uniform(half, side - half, size=2)
+        mask = Image.new("L", (side, side))
+        draw = ImageDraw.Draw(mask)
+        box = (cx - half, cy - half, cx + half, cy + half)
+        if SHAPES[label] == "disk":
+            draw.ellipse(box, fill=255)
+        elif SHAPES[label] == "square":
+            draw.rectangle(box, fill=255)
+        elif SHAPES[label] == "triangle":
+            draw.polygon([(cx, cy - half), (cx - half, cy + half), (cx + half, cy + half)], fill=255)
+        else:
+            arm = half / 3
+            draw.rectangle((cx - half, cy - arm, cx + half, cy + arm), fill=255)
+            draw.rectangle((cx - arm, cy - half, cx + arm, cy + half), fill=255)
+        step = rng.choice([-1, 1]) * rng.uniform(40, 90)
+        pixels = 128 + step * (np.asarray(mask) / 255) + rng.normal(0, 10, size=(side, side))
+        file = folder / f"{index:05d}_{SHAPES[label]}.png"
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(file)
+        files.append(file)
+        labels.append(label)
+    return files, np.array(labels)
 
 
 def encoder_features(model: RadDinoModel, processor: RadDinoImageProcessor, files: list[Path]) -> dict:
@@ -62,6 +120,42 @@ def raw_pixels(processor: RadDinoImageProcessor, files: list[Path], sides: list[
         for side in sides:
             grids[side].append(F.adaptive_avg_pool2d(grey, side).flatten(1))
     return {side: torch.cat(chunks).numpy() for side, chunks in grids.items()}
+
+
+def student_backbone(run_folder: Path, config: RadDinoConfig) -> RadDinoModel:
+    """The student's backbone at the run's last checkpoint, as a `RadDinoModel` of `config` (the teacher's).
+
+    A single-process checkpoint's `model.safetensors` is the student network, its backbone under `backbone.`. The
+    export is the teacher, an EMA of the student: in a short run whose momentum rises to 1 the teacher lags, and
+    the gap between the two rows shows by how much.
+    """
+    state = load_file(latest_checkpoint(run_folder / "checkpoints") / "model.safetensors")
+    student = RadDinoModel(config)
+    prefix = "backbone."
+    student.load_state_dict({key.removeprefix(prefix): value for key, value in state.items() if key.startswith(prefix)})
+    return student.eval()
+
+
+def finetuned_probabilities(
+    encoder: RadDinoModel,
+    processor: RadDinoImageProcessor,
+    train: tuple[list[Path], np.ndarray],
+    val: tuple[list[Path], np.ndarray],
+    classes: list[str],
+    epochs: int,
+    seed: int,
+) -> np.ndarray:
+    """Fine-tune a copy of `encoder` with a new linear head (CLS ⊕ mean patch) end to end on `train` (files, labels)
+    and return its last epoch's class probabilities `(N_val, C)` on `val`; no epoch is picked on `val`.
+
+    One setting for both inits, so that only the initial weights differ: every weight trains (AdamW, lr 3e-4 for
+    the encoder and 1e-3 for the head, cosine with 10 % warmup, batch 16), with `train_downstream.py finetune`'s
+    augmentation (crops of 80-100 % of each side, contrast and brightness jitter, no flips).
+    """
+    model = classifier_from_encoder(encoder, classes, seed=seed)
+    options = FinetuneOptions(method="full", epochs=epochs, lr=3e-4, head_lr=1e-3, seed=seed)
+    train_set = ImageDataset(*train, processor, augment_radiograph)
+    return finetune(Accelerator(), model, train_set, ImageDataset(*val, processor), options).probabilities
 
 
 def row(metrics: dict, **extra) -> dict:
@@ -93,7 +187,20 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=600, help="planned iterations (schedule length)")
     parser.add_argument("--output", default="outputs/learning_check")
     parser.add_argument("--seed", type=int, default=0, help="split, pretraining, random twin and probe seed")
-    parser.add_argument("--max-images", type=int, default=None, help="a random subset of the pediatric images")
+    parser.add_argument(
+        "--finetune-epochs",
+        type=int,
+        default=0,
+        help="also fine-tune the pretrained encoder and its random twin end to end for this many epochs (0: skip)",
+    )
+    parser.add_argument(
+        "--task",
+        choices=("cxr", "shapes"),
+        default="cxr",
+        help="cxr: the pediatric pneumonia classes; shapes: a synthetic control pretraining must learn (draw_shapes)",
+    )
+    parser.add_argument("--shapes", type=int, default=1200, help="images drawn for --task shapes")
+    parser.add_argument("--max-images", type=int, default=None, help="a random subset of the task's images")
     parser.add_argument(
         "--pediatric-only", action="store_true", help="pretrain on probe-train pediatric images only (no adult sets)"
     )
@@ -102,11 +209,15 @@ def main() -> None:
     data, output = Path(args.data), Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
 
-    rows = list(csv.DictReader(open(data / "pediatric-pneumonia" / "train.csv", encoding="utf-8")))
-    files = [data / "pediatric-pneumonia" / row["file"] for row in rows]
-    classes = sorted({row["label"] for row in rows})
-    labels = np.array([classes.index(row["label"]) for row in rows])
-    patients = np.array([row["patient"] for row in rows])
+    if args.task == "shapes":
+        files, labels = draw_shapes(output / "shapes", args.shapes, side=112, seed=args.seed)
+        classes, patients = list(SHAPES), np.array([file.stem for file in files])
+    else:
+        rows = list(csv.DictReader(open(data / "pediatric-pneumonia" / "train.csv", encoding="utf-8")))
+        files = [data / "pediatric-pneumonia" / row["file"] for row in rows]
+        classes = sorted({row["label"] for row in rows})
+        labels = np.array([classes.index(row["label"]) for row in rows])
+        patients = np.array([row["patient"] for row in rows])
     if args.max_images is not None and args.max_images < len(rows):
         keep = np.sort(np.random.default_rng(args.seed).choice(len(rows), args.max_images, replace=False))
         files, labels, patients = [files[i] for i in keep], labels[keep], patients[keep]
@@ -120,7 +231,7 @@ def main() -> None:
         shutil.rmtree(folder, ignore_errors=True)
     pretrain_folder.mkdir()
     sources = [files[i] for i in train_index]
-    if not args.pediatric_only:
+    if args.task == "cxr" and not args.pediatric_only:
         sources += sorted((data / "hannover-covid" / "images").glob("*.png"))
         sources += sorted((data / "covid-chestxray" / "images").glob("*.jpg"))
     for source in sources:
@@ -156,6 +267,7 @@ def main() -> None:
     encoded = {"pretrained": encoder_features(pretrained, processor, files)}
     encode_seconds = time.perf_counter() - started
     encoded["random twin"] = encoder_features(random_twin, processor, files)
+    encoded["student"] = encoder_features(student_backbone(run_folder, pretrained.config), processor, files)
     grid = pretrained.config.image_size // pretrained.config.patch_size
     pixels = raw_pixels(processor, files, sorted({grid, 16}))
 
@@ -171,22 +283,38 @@ def main() -> None:
         )
         return row(metrics, C=metrics["C"], features=features.shape[1])
 
+    def scored(probabilities: np.ndarray, **extra) -> dict:
+        return row(classification_metrics(labels[val_index], probabilities, classes, seed=args.seed), **extra)
+
     def knn(features: np.ndarray) -> dict:
         probabilities = knn_classify(features[train_index], labels[train_index], features[val_index], len(classes))
-        metrics = classification_metrics(labels[val_index], probabilities.numpy(), classes, seed=args.seed)
-        return row(metrics, features=features.shape[1])
+        return scored(probabilities.numpy(), features=features.shape[1])
 
     results = {
         "pretrained (linear probe)": probe(encoded["pretrained"]["probe"]),
         "random twin (linear probe)": probe(encoded["random twin"]["probe"]),
+        "pretrained student (linear probe)": probe(encoded["student"]["probe"]),
         f"raw pixels {grid}x{grid} (linear probe)": probe(pixels[grid]),
         "raw pixels 16x16 (linear probe)": probe(pixels[16]),
         "pretrained (k-NN on CLS)": knn(encoded["pretrained"]["cls"]),
         "random twin (k-NN on CLS)": knn(encoded["random twin"]["cls"]),
     }
+    if args.finetune_epochs > 0:
+        splits = [([files[i] for i in index], labels[index]) for index in (train_index, val_index)]
+        for name, encoder in (("pretrained", pretrained), ("random twin", random_twin)):
+            probabilities = finetuned_probabilities(
+                encoder, processor, *splits, classes, epochs=args.finetune_epochs, seed=args.seed
+            )
+            results[f"{name} (fine-tuned end to end)"] = scored(probabilities, epochs=args.finetune_epochs)
     report = {
         "seed": args.seed,
-        "command": {"config": args.config, "set": args.set, "pediatric_only": args.pediatric_only},
+        "command": {
+            "config": args.config,
+            "set": args.set,
+            "pediatric_only": args.pediatric_only,
+            "task": args.task,
+            "finetune_epochs": args.finetune_epochs,
+        },
         "pretraining": {key: summary[key] for key in ("step", "images_seen", "skipped_samples", "skipped_nan_steps")}
         | {"minutes": round(pretrain_minutes, 1), "images": len(sources), "image_size": pretrained.config.image_size}
         | {"images_per_second_encoding": len(files) / encode_seconds},
