@@ -3,10 +3,11 @@
 1. Split the pediatric pneumonia set (normal / bacterial / viral) by patient into probe-train and probe-val.
 2. Pretrain (train_pretrain's recipe, configs/cpu_small.yaml by default) on the probe-train pediatric images plus
    the adult sets (hannover-covid, covid-chestxray), never on probe-val images.
-3. Encode all pediatric images with the exported teacher and with the same architecture at random init.
+3. Encode all pediatric images with the exported teacher, its student (last checkpoint) and the same architecture
+   at random init.
 4. Score on probe-val, accuracy and macro AUROC with 95 % bootstrap intervals, same split for every row:
    - linear probe (standardised logistic regression, C by patient-grouped CV) on CLS + mean patch token, as DINOv2's
-     linear evaluation, for the pretrained encoder and its random-init twin;
+     linear evaluation, for the pretrained encoder, its student and its random-init twin;
    - the same probe on raw pixels: the processor's image (the encoder's input) area-averaged to the encoder's patch
      grid and to 16 x 16, what any encoder has to beat;
    - DINO's weighted k-NN (k = 20, T = 0.07) on the CLS token, which tests the DINO objective directly;
@@ -14,6 +15,9 @@
      settings). From random init this is supervised training from scratch: what the architecture reaches on this
      data with labels, the reference for any self-supervised gain; from the pretrained weights it tests the
      encoder as an initialisation.
+
+`--task shapes` runs the same steps on a synthetic control instead (`draw_shapes`: four shapes, pretraining on the
+probe-train images only), where what there is to learn is known.
 
 Reported, not timed: results go to benchmarks/README.md and the model card by hand. A quick end-to-end check:
 
@@ -70,10 +74,11 @@ def draw_shapes(folder: Path, count: int, side: int, seed: int) -> tuple[list[Pa
     their class indices `(count,)`.
 
     A control for the learning check: each shape has a random half-size (12-22 % of the side), position, and a
-    brightness step of random sign (lighter or darker than its surround, 40-90 grey levels) on a random linear
-    gradient with Gaussian noise. The class is what the shape is, wherever it is and whichever its polarity, so a
-    linear read of the pixels barely separates the classes, while crop-invariant self-supervision should: if the
-    recipe does not learn here, the fault is in the recipe or the code, not in the scale of the CXR data.
+    brightness step of random sign (lighter or darker than its surround, 40-90 grey levels) on a flat grey
+    background with Gaussian noise. The class is what the shape is, wherever it is and whichever its polarity, so a
+    linear read of the pixels barely separates the classes, while crop-invariant self-supervision should. The
+    background is flat because anything else that every crop of an image shares (a gradient of random direction,
+    tried first) is what the DINO code learns instead of the shape.
     """
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
@@ -218,8 +223,8 @@ def main() -> None:
         classes = sorted({row["label"] for row in rows})
         labels = np.array([classes.index(row["label"]) for row in rows])
         patients = np.array([row["patient"] for row in rows])
-    if args.max_images is not None and args.max_images < len(rows):
-        keep = np.sort(np.random.default_rng(args.seed).choice(len(rows), args.max_images, replace=False))
+    if args.max_images is not None and args.max_images < len(files):
+        keep = np.sort(np.random.default_rng(args.seed).choice(len(files), args.max_images, replace=False))
         files, labels, patients = [files[i] for i in keep], labels[keep], patients[keep]
     train_index, val_index = patient_split(patients, val_fraction=0.25, seed=args.seed)
     assert not set(patients[train_index]) & set(patients[val_index])
