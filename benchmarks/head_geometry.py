@@ -29,11 +29,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from image_processing_rad_dino import RadDinoImageProcessor  # noqa: E402
-from rad_dino_hf.checkpoint import latest_checkpoint  # noqa: E402
 from rad_dino_hf.embeddings import list_images  # noqa: E402
 from rad_dino_hf.errors import UserError, reported_user_errors  # noqa: E402
-from rad_dino_hf.recipe import RecipeConfig  # noqa: E402
-from rad_dino_hf.ssl_model import initial_student, make_teacher  # noqa: E402
+from rad_dino_hf.trainer import load_checkpoint_networks  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -76,26 +74,10 @@ def head_geometry(z: torch.Tensor, head: torch.nn.Module, center: torch.Tensor, 
     }
 
 
-def load_teacher(run: Path) -> tuple[torch.nn.Module, torch.Tensor, RecipeConfig]:
-    """The teacher network, its DINO center `(1, K)` and the recipe of `run`'s last checkpoint (one process)."""
-    if not (run / "recipe.yaml").is_file():
-        raise UserError(f"{run} is not a train_pretrain.py output folder: it has no recipe.yaml")
-    recipe = RecipeConfig.from_yaml(run / "recipe.yaml")
-    checkpoint = latest_checkpoint(run / "checkpoints")
-    if checkpoint is None:
-        raise UserError(f"{run / 'checkpoints'} holds no checkpoint")
-    if (checkpoint / "pytorch_model_fsdp_1").exists():
-        raise UserError(f"{checkpoint} is an FSDP checkpoint (teacher sharded); give a single-process or DDP run")
-    teacher = make_teacher(initial_student(recipe))
-    # The single-process checkpoint order is teacher, then the loss module (centers), then the loop state.
-    teacher.load_state_dict(torch.load(checkpoint / "custom_checkpoint_0.pkl", map_location="cpu"))
-    centers = torch.load(checkpoint / "custom_checkpoint_1.pkl", map_location="cpu")
-    return teacher.eval(), centers["dino_loss.center"], recipe
-
-
 def report(args: argparse.Namespace) -> None:
     """Print the head's geometry for the command line's run and images."""
-    teacher, center, recipe = load_teacher(Path(args.run))
+    networks = load_checkpoint_networks(args.run)
+    teacher, center, recipe = networks.teacher, networks.centers["dino_loss.center"], networks.recipe
     files = list_images(args.images)
     if len(files) < 2:
         raise UserError(f"{args.images} holds a single image; the cone needs two or more")

@@ -19,12 +19,20 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator, DistributedType
 from accelerate.utils import fsdp2_prepare_model, gather_object, set_seed
+from safetensors.torch import load_file
 from torchdata.stateful_dataloader import StatefulDataLoader
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from rad_dino_hf.augment import MultiCropAugmentation
-from rad_dino_hf.checkpoint import CheckpointError, TrainState, resumable_checkpoint, save_checkpoint, verify_checkpoint
+from rad_dino_hf.checkpoint import (
+    CheckpointError,
+    TrainState,
+    latest_checkpoint,
+    resumable_checkpoint,
+    save_checkpoint,
+    verify_checkpoint,
+)
 from rad_dino_hf.data import (
     DataSource,
     MultiCropMapper,
@@ -34,6 +42,7 @@ from rad_dino_hf.data import (
     parse_source,
 )
 from rad_dino_hf.distributed import make_accelerator
+from rad_dino_hf.errors import UserError
 from rad_dino_hf.export import export_teacher, push_to_hub
 from rad_dino_hf.fingerprint import parameter_digest
 from rad_dino_hf.masking import sample_batch_masks
@@ -185,7 +194,7 @@ class Pretrainer:
             self.teacher = shard_teacher_fsdp2(self.accelerator, self.teacher)
         elif self.teacher_is_sharded:  # shard the teacher like the student so EMA pairs matching shards
             self.student, self.teacher, self.optimizer = self.accelerator.prepare(self.student, self.teacher, optimizer)
-        else:
+        else:  # checkpoint layout: see `load_checkpoint_networks`
             self.student, self.optimizer = self.accelerator.prepare(self.student, optimizer)
             self.teacher.to(self.accelerator.device)
             self.accelerator.register_for_checkpointing(self.teacher)
@@ -523,6 +532,40 @@ class Pretrainer:
         self.accelerator.free_memory()
         gc.collect()
         self.accelerator.wait_for_everyone()
+
+
+@dataclass
+class CheckpointNetworks:
+    """What a run's checkpoint holds for analysis: its recipe, both networks (eval mode) and the loss centers."""
+
+    recipe: RecipeConfig
+    student: SelfDistillationNetwork
+    teacher: SelfDistillationNetwork
+    centers: dict[str, torch.Tensor]  # the objective's buffers, e.g. "dino_loss.center" (1, K)
+
+
+def load_checkpoint_networks(run: str | Path) -> CheckpointNetworks:
+    """Read the student, the teacher and the centers of a single-process or DDP run's last checkpoint.
+
+    `save_state` writes the prepared model (the student) as `model.safetensors` and the registered objects in
+    registration order: the teacher (`custom_checkpoint_0.pkl`), the objective (`_1`), the loop state (`_2`). An
+    FSDP run shards the teacher into `pytorch_model_fsdp_1` instead; it is refused with a clear error.
+    """
+    run = Path(run)
+    if not (run / "recipe.yaml").is_file():
+        raise UserError(f"{run} is not a train_pretrain.py output folder: it has no recipe.yaml")
+    recipe = RecipeConfig.from_yaml(run / "recipe.yaml")
+    checkpoint = latest_checkpoint(run / "checkpoints")
+    if checkpoint is None:
+        raise UserError(f"{run / 'checkpoints'} holds no checkpoint")
+    if (checkpoint / "pytorch_model_fsdp_1").exists():
+        raise UserError(f"{checkpoint} is an FSDP checkpoint (networks sharded); give a single-process or DDP run")
+    student = initial_student(recipe)
+    teacher = make_teacher(student)
+    student.load_state_dict(load_file(checkpoint / "model.safetensors"))
+    teacher.load_state_dict(torch.load(checkpoint / "custom_checkpoint_0.pkl", map_location="cpu"))
+    centers = torch.load(checkpoint / "custom_checkpoint_1.pkl", map_location="cpu")
+    return CheckpointNetworks(recipe, student.eval(), teacher.eval(), centers)
 
 
 def pretrain(recipe: RecipeConfig, options: RunOptions | None = None) -> dict:

@@ -69,34 +69,3 @@ def test_images_on_distinct_prototypes(geometry, tiny_config):
     assert numbers["entropy of the mean target"] == pytest.approx(math.log(4), rel=1e-4)  # uniform over 4
     # z - mean(z) spans 3 directions equally: the top 2 carry 2/3 of the variation.
     assert numbers["z variation in top 2 directions"] == pytest.approx(2 / 3, rel=1e-4)
-
-
-def test_reads_the_teacher_of_a_finished_run(geometry, tmp_path):
-    """The network read off the last checkpoint is the teacher: its backbone equals the exported one."""
-    from conftest import SAMPLE
-    from modeling_rad_dino import RadDinoModel
-    from rad_dino_hf.recipe import RecipeConfig, apply_overrides
-    from rad_dino_hf.trainer import RunOptions, pretrain
-    from test_pretrain import TINY_RECIPE
-
-    recipe = apply_overrides(
-        RecipeConfig.from_dict(TINY_RECIPE),
-        [f"train.data_sources=[{str(SAMPLE / 'images')!r}]", f"train.output_dir={tmp_path / 'run'}"],
-    )
-    summary = pretrain(recipe, RunOptions(resume="never", progress=False))
-    teacher, center, read_recipe = geometry.load_teacher(tmp_path / "run")
-
-    exported = RadDinoModel.from_pretrained(summary["export_dir"]).state_dict()
-    backbone = teacher.backbone.state_dict()
-    assert exported.keys() == backbone.keys()
-    assert read_recipe.dino.head_n_prototypes == 64 and center.shape == (1, 64)
-    assert center.abs().sum() > 0  # the centers of the run, not a fresh zero buffer
-    for name, value in exported.items():
-        assert torch.equal(backbone[name], value), name
-    # An FSDP run keeps its teacher sharded in pytorch_model_fsdp_1, not in custom_checkpoint_0.pkl.
-    from rad_dino_hf.checkpoint import latest_checkpoint
-    from rad_dino_hf.errors import UserError
-
-    (latest_checkpoint(tmp_path / "run" / "checkpoints") / "pytorch_model_fsdp_1").mkdir()
-    with pytest.raises(UserError, match="FSDP checkpoint"):
-        geometry.load_teacher(tmp_path / "run")

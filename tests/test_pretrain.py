@@ -23,7 +23,9 @@ from rad_dino_hf.checkpoint import latest_checkpoint
 from rad_dino_hf.convert import DINO_HEAD_FILENAME, load_dino_head
 from rad_dino_hf.heads import DinoHead
 from rad_dino_hf.recipe import RecipeConfig
-from rad_dino_hf.trainer import NonFiniteLossError, clip_grad_norms
+from rad_dino_hf.errors import UserError
+from rad_dino_hf.fingerprint import parameter_digest
+from rad_dino_hf.trainer import NonFiniteLossError, clip_grad_norms, load_checkpoint_networks
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = REPO_ROOT / "data" / "sample" / "images"
@@ -112,6 +114,30 @@ def test_export_loads_as_plain_dinov2(tmp_path, images):
     assert [m["step"] for m in metrics] == [1, 2]
     assert {"loss/dino", "loss/ibot", "loss/koleo", "lr", "wd", "momentum", "teacher_temp"} <= set(metrics[0])
     assert (tmp_path / "run" / "loss_curves.png").exists()
+
+
+def test_checkpoint_networks_are_the_runs_student_and_teacher(tmp_path, images):
+    """`load_checkpoint_networks` reads the student and teacher the run ended with (bitwise, by the summary's
+    digests), the exported teacher's backbone, and the DINO center; an FSDP checkpoint is refused."""
+    summary = run(write_recipe(tmp_path, images), "--set", "train.max_iterations=3")
+    networks = load_checkpoint_networks(tmp_path / "run")
+
+    assert parameter_digest(networks.student) == summary["replica_digests"][0]
+    assert parameter_digest(networks.teacher) == summary["teacher_digests"][0]
+    assert summary["replica_digests"][0] != summary["teacher_digests"][0]  # the two are told apart
+    exported = RadDinoModel.from_pretrained(summary["export_dir"]).state_dict()
+    backbone = networks.teacher.backbone.state_dict()
+    assert exported.keys() == backbone.keys()
+    for name, value in exported.items():
+        assert torch.equal(backbone[name], value), name
+    center = networks.centers["dino_loss.center"]
+    assert networks.recipe.dino.head_n_prototypes == 64 and center.shape == (1, 64)
+    assert center.abs().sum() > 0  # the run's center, not a fresh zero buffer
+    assert not (networks.student.training or networks.teacher.training)
+
+    (latest_checkpoint(tmp_path / "run" / "checkpoints") / "pytorch_model_fsdp_1").mkdir()
+    with pytest.raises(UserError, match="FSDP checkpoint"):
+        load_checkpoint_networks(tmp_path / "run")
 
 
 def test_gradient_accumulation_steps_once_per_window(tmp_path, images):

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from image_processing_rad_dino import RadDinoImageProcessor
 from rad_dino_hf.report.builder import build_generator, load_generator, save_generator
 from rad_dino_hf.report.data import IGNORE_INDEX, ReportCollator, load_report_pairs
-from rad_dino_hf.report.generation import GenerationSettings, generate_reports
+from rad_dino_hf.report.generation import GenerationSettings, generate_reports, report_lengths
 from rad_dino_hf.report.tiny_lm import tiny_llama, train_tokenizer
 from rad_dino_hf.report.training import LoraSettings, add_lora, freeze_all_but_projector, train_loop
 
@@ -345,6 +345,12 @@ def test_vision_cache_gives_the_same_training_and_encodes_each_image_once(genera
     assert not isinstance(twin.model.vision_tower, FrozenTowerCache)  # the plain tower is back for saving
     for name, parameter in model.state_dict().items():
         torch.testing.assert_close(twin.state_dict()[name], parameter, atol=1e-6, rtol=1e-6)
+
+
+def test_report_lengths_stop_at_the_first_end_token():
+    """Pad (0) generated mid-report is a token of the report; only what follows the end token (2) is padding."""
+    new_tokens = torch.tensor([[5, 0, 7, 2, 0], [2, 0, 0, 0, 0], [5, 6, 7, 8, 9], [0, 0, 2, 2, 0]])
+    assert report_lengths(new_tokens, eos_token_id=2).tolist() == [3, 0, 5, 2]
 
 
 def test_min_new_tokens_fixes_the_length_and_tokens_counts_it(generator, pairs):

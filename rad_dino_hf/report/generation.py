@@ -24,6 +24,16 @@ class GenerationSettings:
     min_new_tokens: int = 0  # > 0 forbids the end token before that many tokens (fixed-length timing)
 
 
+def report_lengths(new_tokens: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """Tokens each generated report took, its end token not counted: the position of the first end token in each
+    row of `new_tokens` `(B, T)`, or T for a row that never ended. Counting the tokens that are neither pad nor end
+    would also drop a pad token the model generated mid-report (its pad may be a real token); `generate` pads only
+    after a row's end token."""
+    ended = new_tokens == eos_token_id
+    first_end = ended.int().argmax(dim=1)  # 0 when the row has no end token, hence the `where`
+    return torch.where(ended.any(dim=1), first_end, new_tokens.shape[1])
+
+
 @torch.inference_mode()
 def generate_reports(
     model: RadDinoLlavaForConditionalGeneration,
@@ -54,9 +64,7 @@ def generate_reports(
         )
         new_tokens = output[:, inputs["input_ids"].shape[1] :]
         texts = processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-        # Tokens each report took, its end token not counted (padding fills the rows that ended early).
-        ended = (new_tokens == processor.tokenizer.pad_token_id) | (new_tokens == processor.tokenizer.eos_token_id)
-        lengths = (~ended).sum(dim=1).tolist()
+        lengths = report_lengths(new_tokens, processor.tokenizer.eos_token_id).tolist()
         rows.extend(
             {"id": i, "reference": reference, "generated": text.strip(), "tokens": length}
             for i, reference, text, length in zip(ids, references, texts, lengths)
