@@ -6,7 +6,7 @@ CPU, exported to outputs/pretrain/export as a HF checkpoint that `AutoModel.from
 Examples:
   python train_pretrain.py
   python train_pretrain.py --data ../shared/data/pediatric-pneumonia/train --data ../shared/data/hannover-covid/images@2
-  python train_pretrain.py --config configs/cpu_small.yaml --set optim.epochs=20 train.max_minutes=15
+  python train_pretrain.py --config configs/cpu_small.yaml --set optim.epochs=100 train.max_minutes=20
   accelerate launch --config_file configs/accelerate/ddp.yaml train_pretrain.py --config configs/rad_dino_vitb14.yaml
   python train_pretrain.py --print-config            # the full recipe with its defaults
 
