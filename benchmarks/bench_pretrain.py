@@ -1,7 +1,8 @@
 """Pretraining throughput: training-step images/s and peak memory vs the data pipeline's images/s, same cores.
 
-Rows: a small ViT/14 (configs/cpu_small.yaml: hidden 192, 6 layers, 112 px globals, 4 x 56 px locals) and ViT-B/14
-(DINOv2 ViT-B recipe defaults: 2 x 224 px globals, 8 x 98 px locals, 65,536 prototypes), batch 8 each, fp32 and
+Rows: a small ViT/14 (configs/cpu_small.yaml as it stands: since 2026-11-28 hidden 128, 4 layers, 112 px globals,
+2 x 56 px locals) and ViT-B/14 (DINOv2 ViT-B recipe defaults: 2 x 224 px globals, 8 x 98 px locals, 65,536
+prototypes), batch 8 each, fp32 and
 (where the CPU has bf16) bf16 autocast. The step is the trainer's real `train_step` (teacher forward, student
 forward + backward, AdamW, EMA) on synthetic crops; the pipeline is the real dataloader (read + decode + multi-crop
 in workers) on real radiographs. Each configuration runs in a fresh subprocess so peak memory (max RSS) is its own.
