@@ -2,10 +2,10 @@
 
 Rows: a small ViT/14 (configs/cpu_small.yaml as it stands: since 2026-11-28 hidden 128, 4 layers, 112 px globals,
 2 x 56 px locals) and ViT-B/14 (DINOv2 ViT-B recipe defaults: 2 x 224 px globals, 8 x 98 px locals, 65,536
-prototypes), batch 8 each, fp32 and
-(where the CPU has bf16) bf16 autocast. The step is the trainer's real `train_step` (teacher forward, student
-forward + backward, AdamW, EMA) on synthetic crops; the pipeline is the real dataloader (read + decode + multi-crop
-in workers) on real radiographs. Each configuration runs in a fresh subprocess so peak memory (max RSS) is its own.
+prototypes), batch 8 each, fp32 and (where the CPU has bf16) bf16 autocast. The step is the trainer's real
+`train_step` (teacher forward, student forward + backward, AdamW, EMA) on synthetic crops; the pipeline is the real
+dataloader (read + decode + multi-crop in workers) on real radiographs. Each configuration runs in a fresh
+subprocess so peak memory (max RSS) is its own.
 
     python benchmarks/bench_pretrain.py                 # full table (~10 min on 2 cores)
     python benchmarks/bench_pretrain.py --quick         # tiny smoke run
