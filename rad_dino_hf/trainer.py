@@ -24,6 +24,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from configuration_rad_dino import RadDinoConfig
 from rad_dino_hf.augment import MultiCropAugmentation
 from rad_dino_hf.checkpoint import (
     CheckpointError,
@@ -64,6 +65,7 @@ logger = logging.getLogger(__name__)
 METRICS_FILENAME = "metrics.jsonl"
 TENSORBOARD_DIRNAME = "tensorboard"
 CURVES_FILENAME = "loss_curves.png"
+MODEL_CONFIG_FILENAME = "model_config.json"  # the student's architecture (heads included), written at the start
 
 
 class NonFiniteLossError(RuntimeError):
@@ -366,6 +368,7 @@ class Pretrainer:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         if accelerator.is_main_process:
             recipe.to_yaml(self.output_dir / "recipe.yaml")
+            self.config.to_json_file(self.output_dir / MODEL_CONFIG_FILENAME)
         self.resume()
         self.consecutive_nan = 0
         metrics_path = self.output_dir / METRICS_FILENAME
@@ -560,7 +563,14 @@ def load_checkpoint_networks(run: str | Path) -> CheckpointNetworks:
         raise UserError(f"{run / 'checkpoints'} holds no checkpoint")
     if (checkpoint / "pytorch_model_fsdp_1").exists():
         raise UserError(f"{checkpoint} is an FSDP checkpoint (networks sharded); give a single-process or DDP run")
-    student = initial_student(recipe)
+    # Built from the run's own architecture file, not from `student.pretrained`: the checkpoint holds every weight,
+    # and the pretrained source (a Hub id, a file) may be unreachable or gone. Runs older than that file have only
+    # the recipe, which reloads the source.
+    architecture = run / MODEL_CONFIG_FILENAME
+    if architecture.is_file():
+        student = SelfDistillationNetwork(RadDinoConfig.from_json_file(architecture))
+    else:
+        student = initial_student(recipe)
     teacher = make_teacher(student)
     student.load_state_dict(load_file(checkpoint / "model.safetensors"))
     teacher.load_state_dict(torch.load(checkpoint / "custom_checkpoint_0.pkl", map_location="cpu"))

@@ -140,6 +140,22 @@ def test_checkpoint_networks_are_the_runs_student_and_teacher(tmp_path, images):
         load_checkpoint_networks(tmp_path / "run")
 
 
+def test_checkpoint_networks_of_a_continued_run_need_not_its_pretrained_source(tmp_path, images):
+    """A run continued from another run's export reads back from its own files after that export is gone."""
+    first = run(write_recipe(tmp_path, images), "--set", "train.max_iterations=2")
+    source = tmp_path / "source"
+    shutil.move(first["export_dir"], source)
+    shutil.rmtree(tmp_path / "run")
+    summary = run(write_recipe(tmp_path, images), "--set", "train.max_iterations=2", f"student.pretrained={source}")
+    shutil.rmtree(source)
+
+    networks = load_checkpoint_networks(tmp_path / "run")
+    assert networks.recipe.student.pretrained == str(source)
+    assert parameter_digest(networks.student) == summary["replica_digests"][0]
+    assert parameter_digest(networks.teacher) == summary["teacher_digests"][0]
+    assert networks.student.config.drop_path_rate == 0.1 and networks.teacher.config.drop_path_rate == 0.0
+
+
 def test_gradient_accumulation_steps_once_per_window(tmp_path, images):
     summary = run(write_recipe(tmp_path, images, gradient_accumulation_steps=2), "--set", "train.max_iterations=2")
     assert summary["step"] == 2 and summary["images_seen"] == 2 * 2 * 4  # steps x micro-batches x batch
