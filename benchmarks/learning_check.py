@@ -10,6 +10,9 @@
      linear evaluation, for the pretrained encoder, its student and its random-init twin;
    - the same probe on raw pixels: the processor's image (the encoder's input) area-averaged to the encoder's patch
      grid and to 16 x 16, what any encoder has to beat;
+   - two rows that tell apart what the raw-pixel grid and the pooled encoder features see: raw pixels without
+     position (mean, standard deviation, intensity histogram), and the probe on CLS ⊕ the patch tokens kept on a
+     4 x 4 grid, for the pretrained encoder and its twin;
    - DINO's weighted k-NN (k = 20, T = 0.07) on the CLS token, which tests the DINO objective directly;
    - with `--finetune-epochs N`: both encoders fine-tuned end to end on probe-train's labels (every weight, same
      settings). From random init this is supervised training from scratch: what the architecture reaches on this
@@ -23,6 +26,7 @@ Reported, not timed: results go to benchmarks/README.md and the model card by ha
 
     python benchmarks/learning_check.py --minutes 30 --iterations 3600 --seed 0 --finetune-epochs 30
     python benchmarks/learning_check.py --minutes 2 --iterations 90 --max-images 90   # smoke test
+    python benchmarks/learning_check.py --seed 0 --score-only   # score outputs/learning_check/pretrain again
 """
 
 import argparse
@@ -64,6 +68,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 SHAPES = ("disk", "square", "triangle", "cross")
+SPATIAL_GRID = 4  # the spatial probe's grid of area-averaged patch tokens
 
 
 def draw_shapes(folder: Path, count: int, side: int, seed: int) -> tuple[list[Path], np.ndarray]:
@@ -107,21 +112,32 @@ def draw_shapes(folder: Path, count: int, side: int, seed: int) -> tuple[list[Pa
 
 
 def encoder_features(model: RadDinoModel, processor: RadDinoImageProcessor, files: list[Path]) -> dict:
-    """`cls` `(N, D)` for k-NN and `probe` `(N, 2D)` = CLS ⊕ mean patch token for the linear probe."""
+    """`cls` `(N, D)` for k-NN, `probe` `(N, 2D)` = CLS ⊕ mean patch token for the linear probe (DINOv2's linear
+    evaluation), and `spatial` `(N, 17 D)` = CLS ⊕ the patch tokens area-averaged to a 4 x 4 grid, a probe that
+    keeps where in the image each feature is, as the raw-pixel baseline does."""
     features = extract_features(model, processor, files, batch_size=16, progress=False)
-    probe = torch.cat([features["cls"], features["patch"].mean(dim=(2, 3))], dim=1)
-    return {"cls": features["cls"].numpy(), "probe": probe.numpy()}
+    cls, patch = features["cls"], features["patch"]
+    probe = torch.cat([cls, patch.mean(dim=(2, 3))], dim=1)
+    spatial = torch.cat([cls, F.adaptive_avg_pool2d(patch, SPATIAL_GRID).flatten(1)], dim=1)
+    return {"cls": cls.numpy(), "probe": probe.numpy(), "spatial": spatial.numpy()}
 
 
-def raw_pixels(processor: RadDinoImageProcessor, files: list[Path], sides: list[int]) -> dict[int, np.ndarray]:
-    """The processor's normalised image (the encoder's input, grey), area-averaged to `side x side`: `(N, side**2)`."""
-    grids: dict[int, list[torch.Tensor]] = {side: [] for side in sides}
+def raw_pixels(processor: RadDinoImageProcessor, files: list[Path], sides: list[int]) -> dict[int | str, np.ndarray]:
+    """The processor's normalised image (the encoder's input, grey), area-averaged to `side x side`: `(N, side**2)`
+    per side; and under `"position-free"` its mean, standard deviation and 16-bin intensity histogram `(N, 18)`,
+    which say how bright and contrasted an image is but not where."""
+    low, high = ((value - processor.image_mean[0]) / processor.image_std[0] for value in (0.0, 1.0))
+    grids: dict[int | str, list[torch.Tensor]] = {side: [] for side in [*sides, "position-free"]}
     for start in range(0, len(files), 32):
         pixels = processor([str(f) for f in files[start : start + 32]], return_tensors="pt")["pixel_values"]
         grey = pixels.mean(dim=1, keepdim=True)  # R = G = B for radiographs
         for side in sides:
             grids[side].append(F.adaptive_avg_pool2d(grey, side).flatten(1))
-    return {side: torch.cat(chunks).numpy() for side, chunks in grids.items()}
+        histograms = torch.stack([torch.histc(image, 16, low, high) / image.numel() for image in grey])
+        grids["position-free"].append(
+            torch.cat([grey.mean(dim=(1, 2, 3))[:, None], grey.std(dim=(1, 2, 3))[:, None], histograms], dim=1)
+        )
+    return {key: torch.cat(chunks).numpy() for key, chunks in grids.items()}
 
 
 def finetuned_probabilities(
@@ -195,6 +211,11 @@ def main() -> None:
     parser.add_argument("--shapes", type=int, default=1200, help="images drawn for --task shapes")
     parser.add_argument("--max-images", type=int, default=None, help="a random subset of the task's images")
     parser.add_argument(
+        "--score-only",
+        action="store_true",
+        help="score the run already in OUTPUT/pretrain (same --seed and --task) instead of pretraining again",
+    )
+    parser.add_argument(
         "--pediatric-only", action="store_true", help="pretrain on probe-train pediatric images only (no adult sets)"
     )
     args = parser.parse_args()
@@ -217,38 +238,46 @@ def main() -> None:
     train_index, val_index = patient_split(patients, val_fraction=0.25, seed=args.seed)
     assert not set(patients[train_index]) & set(patients[val_index])
 
-    # Links only: probe-val images stay out of pretraining. Recreated (with the run folder) so that no link or metric
-    # of an earlier run with another split or seed is left in.
-    pretrain_folder, run_folder = output / "pretrain_images", output / "pretrain"
-    for folder in (pretrain_folder, run_folder):
-        shutil.rmtree(folder, ignore_errors=True)
-    pretrain_folder.mkdir()
     sources = [files[i] for i in train_index]
     if args.task == "cxr" and not args.pediatric_only:
         sources += sorted((data / "hannover-covid" / "images").glob("*.png"))
         sources += sorted((data / "covid-chestxray" / "images").glob("*.jpg"))
-    for source in sources:
-        link = pretrain_folder / f"{source.parent.name}__{source.name}"
-        if not link.exists():
-            link.symlink_to(source.resolve())
+    pretrain_folder, run_folder = output / "pretrain_images", output / "pretrain"
+    if not args.score_only:
+        # Links only: probe-val images stay out of pretraining. Recreated (with the run folder) so that no link or
+        # metric of an earlier run with another split or seed is left in.
+        for folder in (pretrain_folder, run_folder):
+            shutil.rmtree(folder, ignore_errors=True)
+        pretrain_folder.mkdir()
+        for source in sources:
+            link = pretrain_folder / f"{source.parent.name}__{source.name}"
+            if not link.exists():
+                link.symlink_to(source.resolve())
 
-    recipe = RecipeConfig.from_yaml(args.config)
-    epoch_length = recipe.train.official_epoch_length
-    recipe = apply_overrides(
-        recipe,
-        [
-            f"train.data_sources=[{str(pretrain_folder)!r}]",
-            f"train.output_dir={run_folder}",
-            f"train.max_minutes={args.minutes}",
-            f"optim.epochs={max(1, round(args.iterations / epoch_length))}",
-            f"train.checkpoint_every={10 * args.iterations}",
-            f"train.seed={args.seed}",
-            *args.set,
-        ],
-    )
-    started = time.perf_counter()
-    summary = pretrain(recipe, RunOptions(resume="never", progress=False))
-    pretrain_minutes = (time.perf_counter() - started) / 60
+    if args.score_only:
+        if not (run_folder / "summary.json").is_file():
+            sys.exit(f"--score-only: {run_folder} holds no finished pretraining run (no summary.json)")
+        recipe = RecipeConfig.from_yaml(run_folder / "recipe.yaml")
+        summary = json.loads((run_folder / "summary.json").read_text(encoding="utf-8"))
+        pretrain_minutes = summary["seconds"] / 60
+    else:
+        recipe = RecipeConfig.from_yaml(args.config)
+        epoch_length = recipe.train.official_epoch_length
+        recipe = apply_overrides(
+            recipe,
+            [
+                f"train.data_sources=[{str(pretrain_folder)!r}]",
+                f"train.output_dir={run_folder}",
+                f"train.max_minutes={args.minutes}",
+                f"optim.epochs={max(1, round(args.iterations / epoch_length))}",
+                f"train.checkpoint_every={10 * args.iterations}",
+                f"train.seed={args.seed}",
+                *args.set,
+            ],
+        )
+        started = time.perf_counter()
+        summary = pretrain(recipe, RunOptions(resume="never", progress=False))
+        pretrain_minutes = (time.perf_counter() - started) / 60
 
     export = Path(summary["export_dir"])
     processor = RadDinoImageProcessor.from_pretrained(export)
@@ -291,6 +320,13 @@ def main() -> None:
         "pretrained student (linear probe)": probe(encoded["student"]["probe"]),
         f"raw pixels {grid}x{grid} (linear probe)": probe(pixels[grid]),
         "raw pixels 16x16 (linear probe)": probe(pixels[16]),
+        "raw pixels, position-free: mean, std, histogram (linear probe)": probe(pixels["position-free"]),
+        f"pretrained, CLS + {SPATIAL_GRID}x{SPATIAL_GRID} patch grid (linear probe)": probe(
+            encoded["pretrained"]["spatial"]
+        ),
+        f"random twin, CLS + {SPATIAL_GRID}x{SPATIAL_GRID} patch grid (linear probe)": probe(
+            encoded["random twin"]["spatial"]
+        ),
         "pretrained (k-NN on CLS)": knn(encoded["pretrained"]["cls"]),
         "random twin (k-NN on CLS)": knn(encoded["random twin"]["cls"]),
     }
@@ -309,6 +345,7 @@ def main() -> None:
             "pediatric_only": args.pediatric_only,
             "task": args.task,
             "finetune_epochs": args.finetune_epochs,
+            "score_only": args.score_only,
         },
         "pretraining": {key: summary[key] for key in ("step", "images_seen", "skipped_samples", "skipped_nan_steps")}
         | {"minutes": round(pretrain_minutes, 1), "images": len(sources), "image_size": pretrained.config.image_size}
