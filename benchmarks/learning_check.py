@@ -10,7 +10,7 @@
      linear evaluation, for the pretrained encoder, its student and its random-init twin;
    - the same probe on raw pixels: the processor's image (the encoder's input) area-averaged to the encoder's patch
      grid and to 16 x 16, what any encoder has to beat;
-   - two rows that tell apart what the raw-pixel grid and the pooled encoder features see: raw pixels without
+   - rows that tell apart what the raw-pixel grid and the pooled encoder features see: raw pixels without
      position (mean, standard deviation, intensity histogram), and the probe on CLS ⊕ the patch tokens kept on a
      4 x 4 grid, for the pretrained encoder and its twin;
    - DINO's weighted k-NN (k = 20, T = 0.07) on the CLS token, which tests the DINO objective directly;
