@@ -243,7 +243,13 @@ def main() -> None:
         sources += sorted((data / "hannover-covid" / "images").glob("*.png"))
         sources += sorted((data / "covid-chestxray" / "images").glob("*.jpg"))
     pretrain_folder, run_folder = output / "pretrain_images", output / "pretrain"
-    if not args.score_only:
+    if args.score_only:
+        if not (run_folder / "summary.json").is_file():
+            sys.exit(f"--score-only: {run_folder} holds no finished pretraining run (no summary.json)")
+        recipe = RecipeConfig.from_yaml(run_folder / "recipe.yaml")
+        summary = json.loads((run_folder / "summary.json").read_text(encoding="utf-8"))
+        pretrain_minutes = summary["seconds"] / 60
+    else:
         # Links only: probe-val images stay out of pretraining. Recreated (with the run folder) so that no link or
         # metric of an earlier run with another split or seed is left in.
         for folder in (pretrain_folder, run_folder):
@@ -253,14 +259,6 @@ def main() -> None:
             link = pretrain_folder / f"{source.parent.name}__{source.name}"
             if not link.exists():
                 link.symlink_to(source.resolve())
-
-    if args.score_only:
-        if not (run_folder / "summary.json").is_file():
-            sys.exit(f"--score-only: {run_folder} holds no finished pretraining run (no summary.json)")
-        recipe = RecipeConfig.from_yaml(run_folder / "recipe.yaml")
-        summary = json.loads((run_folder / "summary.json").read_text(encoding="utf-8"))
-        pretrain_minutes = summary["seconds"] / 60
-    else:
         recipe = RecipeConfig.from_yaml(args.config)
         epoch_length = recipe.train.official_epoch_length
         recipe = apply_overrides(
