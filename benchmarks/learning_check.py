@@ -192,7 +192,8 @@ def main() -> None:
         "--iterations",
         type=int,
         default=1800,
-        help="planned iterations (schedule length); the default config runs about 125 a minute on one CPU thread",
+        help="planned iterations (schedule length); the default config runs about 100-130 a minute on one CPU "
+        "thread, depending on the machine",
     )
     parser.add_argument("--output", default="outputs/learning_check")
     parser.add_argument("--seed", type=int, default=0, help="split, pretraining, random twin and probe seed")
