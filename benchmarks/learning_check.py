@@ -7,7 +7,8 @@
    at random init.
 4. Score on probe-val, accuracy and macro AUROC with 95 % bootstrap intervals, same split for every row:
    - linear probe (standardised logistic regression, C by patient-grouped CV) on CLS + mean patch token, as DINOv2's
-     linear evaluation, for the pretrained encoder, its student and its random-init twin;
+     linear evaluation, for the pretrained encoder, its student and its random-init twin; and on the CLS tokens of
+     the last 4 blocks + mean patch token, the other input DINOv2's linear evaluation tries;
    - the same probe on raw pixels: the processor's image (the encoder's input) area-averaged to the encoder's patch
      grid and to 16 x 16, what any encoder has to beat;
    - rows that tell apart what the raw-pixel grid and the pooled encoder features see: raw pixels without
@@ -69,6 +70,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 SHAPES = ("disk", "square", "triangle", "cross")
 SPATIAL_GRID = 4  # the spatial probe's grid of area-averaged patch tokens
+LINEAR_EVAL_BLOCKS = 4  # DINOv2's linear evaluation tries the CLS tokens of the last 1 and 4 blocks
 
 
 def draw_shapes(folder: Path, count: int, side: int, seed: int) -> tuple[list[Path], np.ndarray]:
@@ -113,13 +115,17 @@ def draw_shapes(folder: Path, count: int, side: int, seed: int) -> tuple[list[Pa
 
 def encoder_features(model: RadDinoModel, processor: RadDinoImageProcessor, files: list[Path]) -> dict:
     """`cls` `(N, D)` for k-NN, `probe` `(N, 2D)` = CLS ⊕ mean patch token for the linear probe (DINOv2's linear
-    evaluation), and `spatial` `(N, 17 D)` = CLS ⊕ the patch tokens area-averaged to a 4 x 4 grid, a probe that
-    keeps where in the image each feature is, as the raw-pixel baseline does."""
-    features = extract_features(model, processor, files, batch_size=16, progress=False)
+    evaluation with its last block), `blocks` `(N, (n + 1) D)` = the CLS tokens of the last n = 4 blocks ⊕ mean
+    patch token (its other setting), and `spatial` `(N, 17 D)` = CLS ⊕ the patch tokens area-averaged to a 4 x 4
+    grid, a probe that keeps where in the image each feature is, as the raw-pixel baseline does."""
+    blocks = min(LINEAR_EVAL_BLOCKS, model.config.num_hidden_layers)
+    features = extract_features(model, processor, files, batch_size=16, progress=False, cls_blocks=blocks)
     cls, patch = features["cls"], features["patch"]
-    probe = torch.cat([cls, patch.mean(dim=(2, 3))], dim=1)
+    mean_patch = patch.mean(dim=(2, 3))
+    probe = torch.cat([cls, mean_patch], dim=1)
+    last_blocks = torch.cat([features["cls_blocks"], mean_patch], dim=1)
     spatial = torch.cat([cls, F.adaptive_avg_pool2d(patch, SPATIAL_GRID).flatten(1)], dim=1)
-    return {"cls": cls.numpy(), "probe": probe.numpy(), "spatial": spatial.numpy()}
+    return {"cls": cls.numpy(), "probe": probe.numpy(), "blocks": last_blocks.numpy(), "spatial": spatial.numpy()}
 
 
 def raw_pixels(processor: RadDinoImageProcessor, files: list[Path], sides: list[int]) -> dict[int | str, np.ndarray]:
@@ -317,6 +323,12 @@ def main() -> None:
         "pretrained (linear probe)": probe(encoded["pretrained"]["probe"]),
         "random twin (linear probe)": probe(encoded["random twin"]["probe"]),
         "pretrained student (linear probe)": probe(encoded["student"]["probe"]),
+        f"pretrained, CLS of the last {LINEAR_EVAL_BLOCKS} blocks + mean patch (linear probe)": probe(
+            encoded["pretrained"]["blocks"]
+        ),
+        f"random twin, CLS of the last {LINEAR_EVAL_BLOCKS} blocks + mean patch (linear probe)": probe(
+            encoded["random twin"]["blocks"]
+        ),
         f"raw pixels {grid}x{grid} (linear probe)": probe(pixels[grid]),
         "raw pixels 16x16 (linear probe)": probe(pixels[16]),
         "raw pixels, position-free: mean, std, histogram (linear probe)": probe(pixels["position-free"]),

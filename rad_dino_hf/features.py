@@ -74,23 +74,35 @@ def extract_features(
     files: Sequence[Path],
     batch_size: int = 4,
     progress: bool = True,
+    cls_blocks: int = 0,
 ) -> dict[str, torch.Tensor]:
     """Encode `files` with `model` in memory (small sets; `rad_dino_hf.embeddings` writes large ones to disk).
 
-    Returns `cls` `(N, D)` and `patch` `(N, D, H/p, W/p)` float32 CPU tensors, in the order of `files`.
+    Returns `cls` `(N, D)` and `patch` `(N, D, H/p, W/p)` float32 CPU tensors, in the order of `files`. With
+    `cls_blocks` n > 0 also `cls_blocks` `(N, n D)`: the CLS token after each of the last n blocks, each through the
+    final layer norm, earliest first (DINOv2's linear evaluation, `get_intermediate_layers(n, norm=True)`).
     """
+    if not 0 <= cls_blocks <= model.config.num_hidden_layers:
+        raise ValueError(f"cls_blocks must be 0 to {model.config.num_hidden_layers}, got {cls_blocks}")
     device = next(model.parameters()).device
-    cls_batches, patch_batches = [], []
+    cls_batches, patch_batches, block_batches = [], [], []
     with tqdm(total=len(files), desc="Encoding", unit="img", disable=not progress) as bar:
         for start in range(0, len(files), batch_size):
             batch_files = files[start : start + batch_size]
             # Paths, not arrays: the processor reads them and applies the DICOM / 16-bit conversion itself.
             pixels = processor([str(path) for path in batch_files], return_tensors="pt")["pixel_values"]
-            output = model(pixels.to(device))
+            output = model(pixels.to(device), output_hidden_states=cls_blocks > 0)
             cls_batches.append(output.cls_embeddings.float().cpu())
             patch_batches.append(output.patch_embeddings.float().cpu())
+            if cls_blocks:
+                # hidden_states holds the embeddings and then every block's output, before the final norm.
+                block_cls = [model.layernorm(hidden[:, 0]) for hidden in output.hidden_states[-cls_blocks:]]
+                block_batches.append(torch.cat(block_cls, dim=1).float().cpu())
             bar.update(len(batch_files))
-    return {"cls": torch.cat(cls_batches), "patch": torch.cat(patch_batches)}
+    features = {"cls": torch.cat(cls_batches), "patch": torch.cat(patch_batches)}
+    if cls_blocks:
+        features["cls_blocks"] = torch.cat(block_batches)
+    return features
 
 
 def cached_features(

@@ -36,6 +36,30 @@ def test_extract_features_shapes_and_order(tiny_model, tiny_processor):
     assert torch.allclose(single["cls"][0], features["cls"][3], atol=1e-5)
 
 
+def test_extract_features_cls_blocks_are_each_block_s_normed_cls(tiny_model, tiny_processor):
+    """DINOv2's linear-evaluation input, built by running the blocks one by one: the final norm of the CLS token
+    after each of the last n blocks, earliest first; the last one is the model's CLS embedding."""
+    files = list_images(SAMPLE)[:3]
+    blocks = tiny_model.config.num_hidden_layers
+    features = extract_features(tiny_model, tiny_processor, files, progress=False, cls_blocks=blocks)
+    pixels = tiny_processor([str(path) for path in files], return_tensors="pt")["pixel_values"]
+    with torch.inference_mode():
+        tokens = tiny_model.embeddings(pixels)
+        expected = []
+        for layer in tiny_model.encoder.layer:
+            tokens = layer(tokens)
+            tokens = tokens[0] if isinstance(tokens, tuple) else tokens
+            expected.append(tiny_model.layernorm(tokens[:, 0]))
+    width = tiny_model.config.hidden_size
+    assert features["cls_blocks"].shape == (3, blocks * width)
+    assert torch.allclose(features["cls_blocks"], torch.cat(expected, dim=1), atol=1e-5)
+    assert torch.allclose(features["cls_blocks"][:, -width:], features["cls"], atol=1e-6)
+    last = extract_features(tiny_model, tiny_processor, files, progress=False, cls_blocks=1)["cls_blocks"]
+    assert torch.allclose(last, features["cls"], atol=1e-6)
+    with pytest.raises(ValueError, match="cls_blocks"):
+        extract_features(tiny_model, tiny_processor, files, progress=False, cls_blocks=blocks + 1)
+
+
 def test_patch_pca_matches_sklearn_up_to_sign():
     generator = torch.Generator().manual_seed(0)
     # Anisotropic data so the leading components are well separated.
