@@ -113,12 +113,11 @@ def draw_shapes(folder: Path, count: int, side: int, seed: int) -> tuple[list[Pa
     return files, np.array(labels)
 
 
-def encoder_features(model: RadDinoModel, processor: RadDinoImageProcessor, files: list[Path]) -> dict:
+def encoder_features(model: RadDinoModel, processor: RadDinoImageProcessor, files: list[Path], blocks: int) -> dict:
     """`cls` `(N, D)` for k-NN, `probe` `(N, 2D)` = CLS ⊕ mean patch token for the linear probe (DINOv2's linear
-    evaluation with its last block), `blocks` `(N, (n + 1) D)` = the CLS tokens of the last n = 4 blocks ⊕ mean
+    evaluation with its last block), `blocks` `(N, (n + 1) D)` = the CLS tokens of the last n = `blocks` blocks ⊕ mean
     patch token (its other setting), and `spatial` `(N, 17 D)` = CLS ⊕ the patch tokens area-averaged to a 4 x 4
     grid, a probe that keeps where in the image each feature is, as the raw-pixel baseline does."""
-    blocks = min(LINEAR_EVAL_BLOCKS, model.config.num_hidden_layers)
     features = extract_features(model, processor, files, batch_size=16, progress=False, cls_blocks=blocks)
     cls, patch = features["cls"], features["patch"]
     mean_patch = patch.mean(dim=(2, 3))
@@ -290,13 +289,15 @@ def main() -> None:
     torch.manual_seed(args.seed)
     random_twin = RadDinoModel(pretrained.config).eval()
 
+    # A model with fewer than LINEAR_EVAL_BLOCKS blocks gives all of them; the rows name the number used.
+    blocks = min(LINEAR_EVAL_BLOCKS, pretrained.config.num_hidden_layers)
     started = time.perf_counter()
-    encoded = {"pretrained": encoder_features(pretrained, processor, files)}
+    encoded = {"pretrained": encoder_features(pretrained, processor, files, blocks)}
     encode_seconds = time.perf_counter() - started
-    encoded["random twin"] = encoder_features(random_twin, processor, files)
+    encoded["random twin"] = encoder_features(random_twin, processor, files, blocks)
     # The export is the teacher, an EMA of the student: the student's row shows by how much the teacher lags.
     student = load_checkpoint_networks(run_folder).student.backbone
-    encoded["student"] = encoder_features(student, processor, files)
+    encoded["student"] = encoder_features(student, processor, files, blocks)
     grid = pretrained.config.image_size // pretrained.config.patch_size
     pixels = raw_pixels(processor, files, sorted({grid, 16}))
 
@@ -323,10 +324,10 @@ def main() -> None:
         "pretrained (linear probe)": probe(encoded["pretrained"]["probe"]),
         "random twin (linear probe)": probe(encoded["random twin"]["probe"]),
         "pretrained student (linear probe)": probe(encoded["student"]["probe"]),
-        f"pretrained, CLS of the last {LINEAR_EVAL_BLOCKS} blocks + mean patch (linear probe)": probe(
+        f"pretrained, CLS of the last {blocks} blocks + mean patch (linear probe)": probe(
             encoded["pretrained"]["blocks"]
         ),
-        f"random twin, CLS of the last {LINEAR_EVAL_BLOCKS} blocks + mean patch (linear probe)": probe(
+        f"random twin, CLS of the last {blocks} blocks + mean patch (linear probe)": probe(
             encoded["random twin"]["blocks"]
         ),
         f"raw pixels {grid}x{grid} (linear probe)": probe(pixels[grid]),
