@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from image_processing_rad_dino import RadDinoImageProcessor  # noqa: E402
 from modeling_rad_dino import RadDinoModel  # noqa: E402
+from rad_dino_hf.errors import reported_user_errors  # noqa: E402
 from rad_dino_hf.features import extract_features  # noqa: E402
 from rad_dino_hf.finetune import (  # noqa: E402
     FinetuneOptions,
@@ -382,4 +383,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with reported_user_errors():
+        main()

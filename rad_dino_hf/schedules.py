@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from rad_dino_hf.errors import UserError
+
 
 class CosineScheduler:
     """Per-iteration values: ``freeze_iters`` zeros, linear warmup, then half-cosine decay.
@@ -201,6 +203,13 @@ def build_schedules(cfg: "Any", world_size: int) -> dict[str, CosineScheduler]:
     """
     epoch_len = cfg.train.official_epoch_length
     total = cfg.optim.epochs * epoch_len
+    for key in ("warmup_epochs", "freeze_last_layer_epochs"):
+        # Longer than the run, the lr would never reach its peak or the prototypes would never train.
+        if getattr(cfg.optim, key) > cfg.optim.epochs:
+            raise UserError(
+                f"optim.{key}={getattr(cfg.optim, key)} is longer than the run (optim.epochs={cfg.optim.epochs} "
+                f"of train.official_epoch_length={epoch_len} iterations): lower it or raise optim.epochs"
+            )
     lr = cfg.optim.resolved_lr(cfg.train.global_batch_size(world_size))
     lr_kwargs = dict(
         base_value=lr,

@@ -139,8 +139,18 @@ def test_a_mix_keeps_each_samples_source(tmp_path, images):
         (["--set", "optim.lr=fast"], "--set: optim.lr: expected a float"),
         (["--set", "train.no_such_key=1"], "--set: override 'train.no_such_key'"),
         (["--data", "someone/never-cached-cxr"], "someone/never-cached-cxr: neither a local folder nor a Hub"),
+        (["--set", "optim.epochs=1", "optim.warmup_epochs=2"], "optim.warmup_epochs=2 is longer than the run"),
+        (["--set", "optim.epochs=2", "optim.freeze_last_layer_epochs=3"], "optim.freeze_last_layer_epochs=3 is longer"),
     ],
-    ids=["missing-data-folder", "missing-config", "bad-set-value", "unknown-set-key", "hub-id-offline"],
+    ids=[
+        "missing-data-folder",
+        "missing-config",
+        "bad-set-value",
+        "unknown-set-key",
+        "hub-id-offline",
+        "warmup-longer-than-run",
+        "frozen-prototypes-longer-than-run",
+    ],
 )
 def test_pretrain_user_errors_are_one_line(tmp_path, capsys, monkeypatch, argv, named):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
