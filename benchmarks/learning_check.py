@@ -28,6 +28,7 @@ Reported, not timed: results go to benchmarks/README.md and the model card by ha
     python benchmarks/learning_check.py --minutes 30 --iterations 3600 --seed 0 --finetune-epochs 30
     python benchmarks/learning_check.py --minutes 2 --iterations 90 --max-images 90   # smoke test
     python benchmarks/learning_check.py --seed 0 --score-only   # score outputs/learning_check/pretrain again
+    python benchmarks/learning_check.py --seed 0 --score-only --eval-size 140   # the same run, encoded at 140 px
 """
 
 import argparse
@@ -225,6 +226,13 @@ def main() -> None:
     parser.add_argument(
         "--pediatric-only", action="store_true", help="pretrain on probe-train pediatric images only (no adult sets)"
     )
+    parser.add_argument(
+        "--eval-size",
+        type=int,
+        default=None,
+        help="encode the probe images at this side in pixels (position embeddings interpolated) instead of the "
+        "export's global crop size; written to learning_check_<N>px.json so the default report is kept",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     data, output = Path(args.data), Path(args.output)
@@ -286,6 +294,12 @@ def main() -> None:
 
     export = Path(summary["export_dir"])
     processor = RadDinoImageProcessor.from_pretrained(export)
+    if args.eval_size is not None:
+        # Trained on random-resized crops, a ViT may read the whole image better a little larger (FixRes).
+        side = args.eval_size
+        processor = RadDinoImageProcessor.from_pretrained(
+            export, size={"shortest_edge": side}, crop_size={"height": side, "width": side}
+        )
     pretrained = RadDinoModel.from_pretrained(export).eval()
     torch.manual_seed(args.seed)
     random_twin = RadDinoModel(pretrained.config).eval()
@@ -359,6 +373,7 @@ def main() -> None:
             "task": args.task,
             "finetune_epochs": args.finetune_epochs,
             "score_only": args.score_only,
+            "eval_size": processor.crop_size["height"],
         },
         "pretraining": {key: summary[key] for key in ("step", "images_seen", "skipped_samples", "skipped_nan_steps")}
         | {"minutes": round(pretrain_minutes, 1), "images": len(sources), "image_size": pretrained.config.image_size}
@@ -367,7 +382,10 @@ def main() -> None:
         "split": {"probe_train": len(train_index), "probe_val": len(val_index), "classes": classes},
         "results": results,
     }
-    (output / "learning_check.json").write_text(json.dumps(report, indent=2))
+    report_file = output / (
+        "learning_check.json" if args.eval_size is None else f"learning_check_{args.eval_size}px.json"
+    )
+    report_file.write_text(json.dumps(report, indent=2))
     print(f"\nPretraining: {report['pretraining']}")
     print(f"End of training: {report['end_of_training']}")
     split = f"probe-train {len(train_index)} images, probe-val {len(val_index)} images"
@@ -379,7 +397,7 @@ def main() -> None:
             f"| {name} | {r['accuracy']:.3f} ({r['accuracy_ci'][0]:.3f}–{r['accuracy_ci'][1]:.3f}) | "
             f"{r['auroc']:.3f} ({r['auroc_ci'][0]:.3f}–{r['auroc_ci'][1]:.3f}) |"
         )
-    print(f"\nWritten: {output / 'learning_check.json'}")
+    print(f"\nWritten: {report_file}")
 
 
 if __name__ == "__main__":
