@@ -293,13 +293,10 @@ def main() -> None:
         pretrain_minutes = (time.perf_counter() - started) / 60
 
     export = Path(summary["export_dir"])
-    processor = RadDinoImageProcessor.from_pretrained(export)
-    if args.eval_size is not None:
-        # Trained on random-resized crops, a ViT may read the whole image better a little larger (FixRes).
-        side = args.eval_size
-        processor = RadDinoImageProcessor.from_pretrained(
-            export, size={"shortest_edge": side}, crop_size={"height": side, "width": side}
-        )
+    # Trained on random-resized crops, a ViT may read the whole image better a little larger (FixRes).
+    side = args.eval_size
+    resize = {} if side is None else {"size": {"shortest_edge": side}, "crop_size": {"height": side, "width": side}}
+    processor = RadDinoImageProcessor.from_pretrained(export, **resize)
     pretrained = RadDinoModel.from_pretrained(export).eval()
     torch.manual_seed(args.seed)
     random_twin = RadDinoModel(pretrained.config).eval()
