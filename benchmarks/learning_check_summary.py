@@ -1,0 +1,333 @@
+"""Every learning-check run side by side: which recipe changes moved the probe further than the pretraining seed does?
+
+`learning_check.py` scores one run. This reads all of them: for each run folder under `--runs` (its
+`learning_check.json`, `pretrain/recipe.yaml` and `pretrain/metrics.jsonl`) it names the run's change as the
+recipe fields that differ from `--config` at `--iterations` (fields a learning check sets per run are ignored: data,
+output folder, time cap, checkpoint interval, seed), and pairs the run with the unchanged recipe's run on the same
+split and pretraining seed. The yardstick is the pretraining seed itself: unchanged-recipe runs on one split with
+another `train.seed`, paired the same way.
+
+Prints, per change, the paired differences in linear-probe accuracy, k-NN accuracy on CLS and the DINO term (mean
+over the last 200 iterations), with the mean and its 95 % t interval; writes every run's row to `--csv` and the
+paired differences to `--plot`. `--from-csv` re-plots a saved table without the run folders (the table in the
+repository is `benchmarks/learning_check_runs.csv`).
+
+    python benchmarks/learning_check_summary.py                     # outputs/learning_check/*
+    python benchmarks/learning_check_summary.py --from-csv benchmarks/learning_check_runs.csv --plot /tmp/levers.png
+"""
+
+import argparse
+import csv
+import json
+import math
+import statistics
+import sys
+import textwrap
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import yaml  # noqa: E402
+from scipy import stats  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from rad_dino_hf.errors import UserError, reported_user_errors  # noqa: E402
+from rad_dino_hf.plots import save_figure  # noqa: E402
+from rad_dino_hf.recipe import RecipeConfig  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+# Set by learning_check.py for every run, so never part of what a run changed (train.seed is the pairing key).
+PER_RUN_FIELDS = {
+    "train.data_sources",
+    "train.output_dir",
+    "train.max_minutes",
+    "train.checkpoint_every",
+    "train.seed",
+}
+RECIPE = "recipe"  # the change of a run that changes nothing
+SEED_YARDSTICK = "recipe, another pretraining seed"
+LAST_ITERATIONS = 200  # the DINO term and its MI are averaged over the last iterations: single steps are noisy
+COLUMNS = [
+    "run",
+    "split",
+    "pretraining_seed",
+    "change",
+    "iterations",
+    "probe_accuracy",
+    "probe_ci_low",
+    "probe_ci_high",
+    "probe_auroc",
+    "knn_accuracy",
+    "twin_accuracy",
+    "raw_pixels_accuracy",
+    "dino_last",
+    "dino_mi_last",
+    "ln_k",
+]
+DIFFERENCES = [
+    ("probe_accuracy", "linear probe accuracy"),
+    ("knn_accuracy", "k-NN on CLS accuracy"),
+    ("dino_last", f"DINO term, last {LAST_ITERATIONS} its (nats)"),
+]
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    """`{"a": {"b": 1}}` -> `{"a.b": 1}`; lists become tuples so that values compare and print alike."""
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = tuple(value) if isinstance(value, list) else value
+    return flat
+
+
+def change_of(run_recipe: dict, reference: dict[str, object], epoch_length: int) -> tuple[str, int]:
+    """The run's change against the reference recipe as `key=value, ...` (RECIPE when none) and its iterations.
+
+    A different schedule length is named in iterations (`optim.epochs` x `train.official_epoch_length`); a field
+    missing from an older run's recipe.yaml did not exist then and counts as the default.
+    """
+    flat = flatten(run_recipe)
+    iterations = int(flat["optim.epochs"]) * int(flat.get("train.official_epoch_length", epoch_length))
+    parts = []
+    for key, value in flat.items():
+        if key in PER_RUN_FIELDS or key == "optim.epochs" or key not in reference or reference[key] == value:
+            continue
+        shown = ",".join(str(v) for v in value) if isinstance(value, tuple) else value
+        parts.append(f"{key}={shown}")
+    if iterations != int(reference["optim.epochs"]) * epoch_length:
+        parts.append(f"{iterations} iterations")
+    return (", ".join(parts) or RECIPE), iterations
+
+
+def last_mean(records: list[dict], key: str, final_step: int) -> float:
+    values = [r[key] for r in records if key in r and r.get("step", 0) > final_step - LAST_ITERATIONS]
+    return statistics.mean(values) if values else math.nan
+
+
+def read_run(folder: Path, reference: dict[str, object], epoch_length: int) -> dict | None:
+    """One CSV row for a finished CXR learning check (None for the shapes control or an unfinished run)."""
+    scored, recipe_file = folder / "learning_check.json", folder / "pretrain" / "recipe.yaml"
+    if not scored.is_file() or not recipe_file.is_file():
+        return None
+    result = json.loads(scored.read_text(encoding="utf-8"))
+    if result.get("command", {}).get("task", "cxr") != "cxr":
+        return None
+    recipe = yaml.safe_load(recipe_file.read_text(encoding="utf-8"))
+    change, iterations = change_of(recipe, reference, epoch_length)
+    records = [json.loads(line) for line in (folder / "pretrain" / "metrics.jsonl").read_text().splitlines() if line]
+    final_step = result["pretraining"]["step"]
+    rows = result["results"]
+    missing = {"accuracy": math.nan, "accuracy_ci": [math.nan, math.nan], "auroc": math.nan}
+    probe = rows["pretrained (linear probe)"]
+    return {
+        "run": folder.name,
+        "split": result["seed"],
+        "pretraining_seed": recipe["train"]["seed"],
+        "change": change,
+        "iterations": iterations,
+        "probe_accuracy": probe["accuracy"],
+        "probe_ci_low": probe["accuracy_ci"][0],
+        "probe_ci_high": probe["accuracy_ci"][1],
+        "probe_auroc": probe["auroc"],
+        "knn_accuracy": rows.get("pretrained (k-NN on CLS)", missing)["accuracy"],
+        "twin_accuracy": rows["random twin (linear probe)"]["accuracy"],
+        "raw_pixels_accuracy": rows.get("raw pixels 8x8 (linear probe)", missing)["accuracy"],
+        "dino_last": last_mean(records, "loss/dino", final_step),
+        "dino_mi_last": last_mean(records, "mi/dino", final_step),
+        "ln_k": math.log(recipe["dino"]["head_n_prototypes"]),
+    }
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        for key in COLUMNS:
+            if key not in ("run", "change"):
+                row[key] = float(row[key]) if key not in ("split", "pretraining_seed", "iterations") else int(row[key])
+    return rows
+
+
+def paired_differences(rows: list[dict]) -> dict[str, list[dict]]:
+    """Per change, one entry per run that has an unchanged-recipe run on its split and pretraining seed:
+    {"run", "split", "<metric>": run - recipe run}. The yardstick pairs recipe runs of one split whose pretraining
+    seeds differ (each unordered pair once)."""
+    recipe_runs = {(r["split"], r["pretraining_seed"]): r for r in rows if r["change"] == RECIPE}
+    paired = defaultdict(list)
+
+    def entry(run: dict, base: dict) -> dict:
+        return {"run": run["run"], "split": run["split"]} | {key: run[key] - base[key] for key, _ in DIFFERENCES}
+
+    for run in rows:
+        base = recipe_runs.get((run["split"], run["pretraining_seed"]))
+        if run["change"] != RECIPE and base is not None:
+            paired[run["change"]].append(entry(run, base))
+    ordered = sorted(recipe_runs.values(), key=lambda r: (r["split"], r["pretraining_seed"]))
+    for i, run in enumerate(ordered):
+        for base in ordered[i + 1 :]:
+            if base["split"] == run["split"]:
+                paired[SEED_YARDSTICK].append(entry(run, base))
+    return dict(paired)
+
+
+def mean_interval(values: list[float]) -> tuple[float, float, float]:
+    """Mean and 95 % t interval (nan bounds for a single value)."""
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return math.nan, math.nan, math.nan
+    mean = statistics.mean(values)
+    if len(values) < 2:
+        return mean, math.nan, math.nan
+    half = stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    return mean, mean - half, mean + half
+
+
+def unit(key: str) -> tuple[int, int]:
+    """Scale and decimals a difference is shown with: accuracy in points, the DINO term in nats."""
+    return (1, 2) if key.startswith("dino") else (100, 1)
+
+
+def print_table(paired: dict[str, list[dict]]) -> None:
+    """A markdown row per change; for the yardstick the range instead of the mean (which seed is subtracted from
+    which is arbitrary)."""
+    titles = [f"{title}: mean (95 % t interval); each run" for _, title in DIFFERENCES]
+    print("| change | runs | " + " | ".join(titles) + " |")
+    print("|---|---|" + "---|" * len(DIFFERENCES))
+    for change, entries in sorted(paired.items(), key=lambda item: (item[0] != SEED_YARDSTICK, item[0])):
+        cells = []
+        for key, _ in DIFFERENCES:
+            scale, digits = unit(key)
+            values = [scale * e[key] for e in entries]
+            each = " ".join(f"{v:+.{digits}f}" for v in values)
+            if change == SEED_YARDSTICK:
+                cells.append(f"range {min(values):+.{digits}f} to {max(values):+.{digits}f}; {each}")
+                continue
+            mean, low, high = mean_interval(values)
+            interval = f" ({low:+.{digits}f} to {high:+.{digits}f})" if not math.isnan(low) else ""
+            cells.append(f"{mean:+.{digits}f}{interval}; {each}")
+        print(f"| {change} | {len(entries)} | " + " | ".join(cells) + " |")
+
+
+def short_label(change: str, runs: int) -> str:
+    """The change without section prefixes where the field name is unique (`crops.flip_probability=0.0` ->
+    `flip_probability=0.0`, `ibot.loss_weight=0.0` stays), wrapped."""
+    names = Counter(key.split(".")[-1] for key in flatten(RecipeConfig().to_dict()))
+    parts = []
+    for part in change.split(", "):
+        key = part.split("=", 1)[0]
+        unique = "=" in part and names[key.split(".")[-1]] == 1
+        parts.append(part.split(".", 1)[-1] if unique else part)
+    return textwrap.fill(", ".join(parts), width=46) + f" (n={runs})"
+
+
+def plot(paired: dict[str, list[dict]], path: Path) -> Path:
+    """One panel per difference: a dot per run (colour: split), the mean (with its 95 % t interval from three runs
+    on; with two, t has one degree of freedom and the interval is 25 times the half-range) and the range between
+    pretraining seeds shaded."""
+    changes = sorted(paired, key=lambda c: (c != SEED_YARDSTICK, -len(paired[c]), c))[::-1]
+    labels = [short_label(c, len(paired[c])) for c in changes]
+    heights = [1 + 0.4 * label.count("\n") for label in labels]  # rows of wrapped labels a little taller
+    positions = [sum(heights[:i]) + (heights[i] - 1) / 2 for i in range(len(heights))]
+    figure, axes = plt.subplots(
+        1, len(DIFFERENCES), figsize=(4.2 * len(DIFFERENCES) + 3.5, 0.36 * sum(heights) + 1.8), sharey=True
+    )
+    colours = plt.get_cmap("tab10")
+    for axis, (key, title) in zip(axes, DIFFERENCES):
+        scale, _ = unit(key)
+        shown = [scale * e[key] for entries in paired.values() for e in entries if not math.isnan(e[key])]
+        yardstick = [scale * e[key] for e in paired.get(SEED_YARDSTICK, []) if not math.isnan(e[key])]
+        if yardstick:
+            axis.axvspan(min(yardstick), max(yardstick), color="0.9", zorder=0)
+        axis.axvline(0, color="0.4", linewidth=0.8)
+        for y, change in zip(positions, changes):
+            values = [(scale * e[key], e["split"]) for e in paired[change] if not math.isnan(e[key])]
+            for value, split in values:
+                axis.plot(value, y, "o", color=colours(split), alpha=0.75, markersize=5)
+            mean, low, high = mean_interval([v for v, _ in values])
+            if change == SEED_YARDSTICK:
+                continue  # which seed is subtracted is arbitrary: only the spread means something
+            if len(values) >= 3:
+                axis.errorbar(
+                    mean, y, xerr=[[mean - low], [high - mean]], fmt="|", color="black", markersize=12, capsize=3
+                )
+            elif values:
+                axis.plot(mean, y, "|", color="black", markersize=12)
+        margin = 0.15 * (max(shown) - min(shown))
+        axis.set_xlim(min(shown) - margin, max(shown) + margin)  # the dots decide the scale, not two-run intervals
+        axis.set_title(title, fontsize=9)
+        axis.set_xlabel("run minus the recipe's run on the same split and pretraining seed", fontsize=8)
+        axis.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(positions)
+    axes[0].set_yticklabels(labels, fontsize=8)
+    axes[0].set_ylim(-0.7, sum(heights) - 0.3)
+    splits = sorted({e["split"] for entries in paired.values() for e in entries})
+    handles = [plt.Line2D([], [], marker="o", linestyle="", color=colours(s), label=f"split {s}") for s in splits]
+    handles.append(
+        plt.Line2D(
+            [], [], marker="|", linestyle="", color="black", markersize=12, label="mean (95 % t interval, n ≥ 3)"
+        )
+    )
+    handles.append(plt.Rectangle((0, 0), 1, 1, color="0.9", label="range between pretraining seeds"))
+    figure.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    figure.tight_layout(rect=(0, 0.05, 1, 1))
+    return save_figure(figure, path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--runs",
+        type=Path,
+        default=REPO / "outputs" / "learning_check",
+        help="folder holding learning_check.py output folders",
+    )
+    parser.add_argument(
+        "--config", type=Path, default=REPO / "configs" / "cpu_small.yaml", help="the recipe each run is compared with"
+    )
+    parser.add_argument("--iterations", type=int, default=3600, help="the recipe's learning-check schedule length")
+    parser.add_argument(
+        "--csv", type=Path, default=REPO / "outputs" / "learning_check_runs.csv", help="where to write every run's row"
+    )
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        default=REPO / "outputs" / "learning_check_changes.png",
+        help="where to draw the paired differences (PNG)",
+    )
+    parser.add_argument("--from-csv", type=Path, help="read the rows from this table instead of run folders")
+    args = parser.parse_args()
+
+    with reported_user_errors():
+        if args.from_csv:
+            rows = read_csv(args.from_csv)
+        else:
+            recipe = RecipeConfig.from_yaml(args.config)
+            epoch_length = recipe.train.official_epoch_length
+            recipe.optim.epochs = max(1, round(args.iterations / epoch_length))
+            reference = flatten(recipe.to_dict())
+            folders = sorted(p for p in args.runs.iterdir() if p.is_dir()) if args.runs.is_dir() else []
+            rows = [row for folder in folders if (row := read_run(folder, reference, epoch_length))]
+            if not rows:
+                raise UserError(f"no finished CXR learning check under {args.runs}")
+            args.csv.parent.mkdir(parents=True, exist_ok=True)
+            with open(args.csv, "w", newline="", encoding="utf-8") as handle:
+                writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+                writer.writeheader()
+                writer.writerows(rows)
+            print(f"{len(rows)} runs -> {args.csv}")
+        paired = paired_differences(rows)
+        if not paired:
+            raise UserError("no run has an unchanged-recipe run on its split and pretraining seed to pair with")
+        print_table(paired)
+        print(f"plot -> {plot(paired, args.plot)}")
+
+
+if __name__ == "__main__":
+    main()

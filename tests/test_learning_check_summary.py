@@ -1,0 +1,133 @@
+"""benchmarks/learning_check_summary.py: naming each run's change, pairing, and the averages, on hand-made runs."""
+
+import importlib.util
+import json
+import math
+import sys
+
+import pytest
+
+from conftest import REPO_ROOT
+
+CONFIG = REPO_ROOT / "configs" / "cpu_small.yaml"
+
+
+@pytest.fixture(scope="module")
+def summary():
+    path = REPO_ROOT / "benchmarks" / "learning_check_summary.py"
+    spec = importlib.util.spec_from_file_location("learning_check_summary", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["learning_check_summary"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def make_run(root, name, split, overrides, probe, knn, dino_values, iterations=3600):
+    """A finished learning check as learning_check.py leaves it: the scores, the resolved recipe and the metrics."""
+    from rad_dino_hf.recipe import RecipeConfig, apply_overrides
+
+    folder = root / name
+    (folder / "pretrain").mkdir(parents=True)
+    recipe = apply_overrides(
+        RecipeConfig.from_yaml(CONFIG),
+        [
+            f"optim.epochs={iterations // 30}",
+            f"train.output_dir={folder / 'pretrain'}",  # per-run fields: never part of the change
+            "train.max_minutes=45",
+            f"train.seed={split}",
+            *overrides,
+        ],
+    )
+    recipe.to_yaml(folder / "pretrain" / "recipe.yaml")
+    steps = range(iterations - 10 * (len(dino_values) - 1), iterations + 1, 10)
+    records = [{"step": s, "loss/dino": v, "mi/dino": 1.0} for s, v in zip(steps, dino_values)]
+    (folder / "pretrain" / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    scores = {
+        "pretrained (linear probe)": {"accuracy": probe, "accuracy_ci": [probe - 0.05, probe + 0.05], "auroc": 0.9},
+        "random twin (linear probe)": {"accuracy": 0.6, "accuracy_ci": [0.5, 0.7], "auroc": 0.8},
+        "raw pixels 8x8 (linear probe)": {"accuracy": 0.82, "accuracy_ci": [0.76, 0.88], "auroc": 0.94},
+        "pretrained (k-NN on CLS)": {"accuracy": knn, "accuracy_ci": [knn - 0.05, knn + 0.05], "auroc": 0.85},
+    }
+    result = {"seed": split, "command": {"task": "cxr"}, "pretraining": {"step": iterations}, "results": scores}
+    (folder / "learning_check.json").write_text(json.dumps(result))
+    return folder
+
+
+@pytest.fixture
+def runs(tmp_path):
+    make_run(tmp_path, "recipe_0", 0, [], probe=0.70, knn=0.60, dino_values=[9.0] * 30 + [4.0] * 20)
+    make_run(tmp_path, "recipe_0_seed100", 0, ["train.seed=100"], probe=0.75, knn=0.58, dino_values=[4.5])
+    make_run(tmp_path, "noflip_0", 0, ["crops.flip_probability=0"], probe=0.66, knn=0.72, dino_values=[3.5])
+    make_run(tmp_path, "noflip_1", 1, ["crops.flip_probability=0"], probe=0.66, knn=0.72, dino_values=[3.5])
+    make_run(tmp_path, "b64_0", 0, ["train.batch_size_per_gpu=64"], 0.68, 0.61, [4.2], iterations=900)
+    (tmp_path / "unfinished").mkdir()
+    return tmp_path
+
+
+def read_all(summary, folder):
+    from rad_dino_hf.recipe import RecipeConfig
+
+    recipe = RecipeConfig.from_yaml(CONFIG)
+    recipe.optim.epochs = 120
+    reference = summary.flatten(recipe.to_dict())
+    rows = [summary.read_run(p, reference, 30) for p in sorted(folder.iterdir())]
+    return {row["run"]: row for row in rows if row}
+
+
+def test_change_names_only_what_differs(summary, runs):
+    rows = read_all(summary, runs)
+
+    assert set(rows) == {"recipe_0", "recipe_0_seed100", "noflip_0", "noflip_1", "b64_0"}  # unfinished skipped
+    assert rows["recipe_0"]["change"] == summary.RECIPE
+    assert rows["recipe_0_seed100"]["change"] == summary.RECIPE  # the seed is the pairing key, not a change
+    assert rows["recipe_0_seed100"]["pretraining_seed"] == 100
+    assert rows["noflip_0"]["change"] == "crops.flip_probability=0.0"
+    assert rows["b64_0"]["change"] == "train.batch_size_per_gpu=64, 900 iterations"
+
+
+def test_dino_term_is_the_mean_of_the_last_200_iterations(summary, runs):
+    # Logged every 10 iterations up to 3,600: the last 200 iterations (3,401-3,600) hold the last 20 records.
+    row = read_all(summary, runs)["recipe_0"]
+
+    assert row["dino_last"] == pytest.approx(4.0)
+    assert row["dino_mi_last"] == pytest.approx(1.0)
+    assert row["ln_k"] == pytest.approx(math.log(256))
+
+
+def test_pairs_on_split_and_pretraining_seed(summary, runs):
+    paired = summary.paired_differences(list(read_all(summary, runs).values()))
+
+    assert set(paired) == {
+        "crops.flip_probability=0.0",
+        "train.batch_size_per_gpu=64, 900 iterations",
+        summary.SEED_YARDSTICK,
+    }
+    (noflip,) = paired["crops.flip_probability=0.0"]  # split 1 has no recipe run to pair with
+    assert noflip["run"] == "noflip_0"
+    assert noflip["probe_accuracy"] == pytest.approx(0.66 - 0.70)
+    assert noflip["knn_accuracy"] == pytest.approx(0.72 - 0.60)
+    assert noflip["dino_last"] == pytest.approx(3.5 - 4.0)
+    (yardstick,) = paired[summary.SEED_YARDSTICK]
+    assert yardstick["probe_accuracy"] == pytest.approx(0.70 - 0.75)
+
+
+def test_mean_interval_against_the_t_formula(summary):
+    mean, low, high = summary.mean_interval([1.0, 2.0, 3.0, float("nan")])
+
+    # n = 3, sd = 1: half width t(0.975, 2) / sqrt(3) = 4.3027 / 1.7321
+    assert mean == 2.0
+    assert high - mean == pytest.approx(4.302653 / math.sqrt(3), rel=1e-5)
+    assert mean - low == pytest.approx(high - mean)
+    assert math.isnan(summary.mean_interval([5.0])[1])
+
+
+def test_table_round_trips_and_plots(summary, runs, tmp_path, monkeypatch, capsys):
+    table, picture = tmp_path / "out" / "runs.csv", tmp_path / "out" / "changes.png"
+    monkeypatch.setattr(sys, "argv", ["summary", "--runs", str(runs), "--csv", str(table), "--plot", str(picture)])
+    summary.main()
+    printed = capsys.readouterr().out
+
+    assert "| crops.flip_probability=0.0 | 1 | -4.0; -4.0 | +12.0; +12.0 | -0.50; -0.50 |" in printed
+    assert f"| {summary.SEED_YARDSTICK} | 1 | range -5.0 to -5.0; -5.0 | range +2.0 to +2.0; +2.0 |" in printed
+    assert picture.stat().st_size > 10_000
+    assert summary.read_csv(table) == sorted(read_all(summary, runs).values(), key=lambda r: r["run"])
