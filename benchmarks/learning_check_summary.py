@@ -26,17 +26,13 @@ import textwrap
 from collections import Counter, defaultdict
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import yaml  # noqa: E402
-from scipy import stats  # noqa: E402
+import yaml
+from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rad_dino_hf.errors import UserError, reported_user_errors  # noqa: E402
-from rad_dino_hf.plots import save_figure  # noqa: E402
+from rad_dino_hf.plots import plot_paired_differences  # noqa: E402
 from rad_dino_hf.recipe import RecipeConfig  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -227,57 +223,34 @@ def short_label(change: str, runs: int) -> str:
     return textwrap.fill(", ".join(parts), width=46) + f" (n={runs})"
 
 
+def bar(change: str, values: list[float]) -> tuple[float, float, float] | None:
+    """What the plot draws over a row's dots. Which seed is subtracted from which is arbitrary, so the yardstick gets
+    nothing; two runs give t one degree of freedom and an interval 25 times their half-range, so only their mean."""
+    if change == SEED_YARDSTICK or not values:
+        return None
+    if len(values) < 3:
+        return statistics.mean(values), math.nan, math.nan
+    return mean_interval(values)
+
+
 def plot(paired: dict[str, list[dict]], path: Path) -> Path:
-    """One panel per difference: a dot per run (colour: split), the mean (with its 95 % t interval from three runs
-    on; with two, t has one degree of freedom and the interval is 25 times the half-range) and the range between
-    pretraining seeds shaded."""
-    changes = sorted(paired, key=lambda c: (c != SEED_YARDSTICK, -len(paired[c]), c))[::-1]
-    labels = [short_label(c, len(paired[c])) for c in changes]
-    heights = [1 + 0.4 * label.count("\n") for label in labels]  # rows of wrapped labels a little taller
-    positions = [sum(heights[:i]) + (heights[i] - 1) / 2 for i in range(len(heights))]
-    figure, axes = plt.subplots(
-        1, len(DIFFERENCES), figsize=(4.2 * len(DIFFERENCES) + 3.5, 0.36 * sum(heights) + 1.8), sharey=True
-    )
-    colours = plt.get_cmap("tab10")
-    for axis, (key, title) in zip(axes, DIFFERENCES):
+    """One panel per difference; rows ordered by the number of runs, the yardstick on top."""
+    changes = sorted(paired, key=lambda c: (c != SEED_YARDSTICK, -len(paired[c]), c))
+    panels = []
+    for key, title in DIFFERENCES:
         scale, _ = unit(key)
-        shown = [scale * e[key] for entries in paired.values() for e in entries if not math.isnan(e[key])]
-        yardstick = [scale * e[key] for e in paired.get(SEED_YARDSTICK, []) if not math.isnan(e[key])]
-        if yardstick:
-            axis.axvspan(min(yardstick), max(yardstick), color="0.9", zorder=0)
-        axis.axvline(0, color="0.4", linewidth=0.8)
-        for y, change in zip(positions, changes):
-            values = [(scale * e[key], e["split"]) for e in paired[change] if not math.isnan(e[key])]
-            for value, split in values:
-                axis.plot(value, y, "o", color=colours(split), alpha=0.75, markersize=5)
-            mean, low, high = mean_interval([v for v, _ in values])
-            if change == SEED_YARDSTICK:
-                continue  # which seed is subtracted is arbitrary: only the spread means something
-            if len(values) >= 3:
-                axis.errorbar(
-                    mean, y, xerr=[[mean - low], [high - mean]], fmt="|", color="black", markersize=12, capsize=3
-                )
-            elif values:
-                axis.plot(mean, y, "|", color="black", markersize=12)
-        margin = 0.15 * (max(shown) - min(shown))
-        axis.set_xlim(min(shown) - margin, max(shown) + margin)  # the dots decide the scale, not two-run intervals
-        axis.set_title(title, fontsize=9)
-        axis.set_xlabel("run minus the recipe's run on the same split and pretraining seed", fontsize=8)
-        axis.grid(axis="x", alpha=0.3)
-    axes[0].set_yticks(positions)
-    axes[0].set_yticklabels(labels, fontsize=8)
-    axes[0].set_ylim(-0.7, sum(heights) - 0.3)
-    splits = sorted({e["split"] for entries in paired.values() for e in entries})
-    handles = [plt.Line2D([], [], marker="o", linestyle="", color=colours(s), label=f"split {s}") for s in splits]
-    handles.append(
-        plt.Line2D(
-            [], [], marker="|", linestyle="", color="black", markersize=12, label="mean (95 % t interval, n ≥ 3)"
-        )
+        points = [[(scale * e[key], e["split"]) for e in paired[c] if not math.isnan(e[key])] for c in changes]
+        means = [bar(c, [v for v, _ in row]) for c, row in zip(changes, points)]
+        panels.append((title, points, means))
+    return plot_paired_differences(
+        [short_label(c, len(paired[c])) for c in changes],
+        panels,
+        shaded_row=changes.index(SEED_YARDSTICK) if SEED_YARDSTICK in changes else None,
+        group_name="split",
+        shaded_name="range between pretraining seeds",
+        x_label="run minus the recipe's run on the same split and pretraining seed",
+        path=path,
     )
-    handles.append(plt.Rectangle((0, 0), 1, 1, color="0.9", label="range between pretraining seeds"))
-    figure.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
-    figure.tight_layout(rect=(0, 0.05, 1, 1))
-    return save_figure(figure, path)
 
 
 def main() -> None:

@@ -1,5 +1,6 @@
-"""Figures as PNG files: what the encoder sees (patch PCA, CLS attention), training curves, and downstream
-evaluation (ROC curves, confusion matrices, regression scatter plots, segmentation overlays)."""
+"""Figures as PNG files: what the encoder sees (patch PCA, CLS attention), training curves, paired differences
+between runs, and downstream evaluation (ROC curves, confusion matrices, regression scatter plots, segmentation
+overlays)."""
 
 from collections.abc import Sequence
 from pathlib import Path
@@ -152,6 +153,68 @@ def plot_loss_curves(
     if title:
         figure.suptitle(title, fontsize=10)
     figure.tight_layout()
+    return save_figure(figure, path)
+
+
+def plot_paired_differences(
+    labels: Sequence[str],
+    panels: Sequence[tuple[str, Sequence[Sequence[tuple[float, int]]], Sequence[tuple[float, float, float] | None]]],
+    shaded_row: int | None,
+    group_name: str,
+    shaded_name: str,
+    x_label: str,
+    path: str | Path,
+) -> Path:
+    """Paired differences, one row per `labels` entry (top to bottom) and one panel per `(title, points, means)`:
+    `points[row]` are `(difference, group)` dots coloured by group, `means[row]` a `(mean, low, high)` bar (nan
+    bounds: the mean alone; None: nothing). The range of `shaded_row`'s dots is shaded in its panel, as the scale
+    of noise the other rows are read against. The x range follows the dots, so that wide intervals do not squash
+    them."""
+    heights = [1 + 0.4 * label.count("\n") for label in labels]  # rows of wrapped labels a little taller
+    # Top to bottom: the first label gets the highest position.
+    tops = np.cumsum(heights[::-1])[::-1]
+    positions = [top - (h + 1) / 2 for top, h in zip(tops, heights)]
+    figure, axes = plt.subplots(
+        1, len(panels), figsize=(4.2 * len(panels) + 3.5, 0.36 * sum(heights) + 1.8), sharey=True, squeeze=False
+    )
+    colours = plt.get_cmap("tab10")
+    groups = sorted({group for _, points, _ in panels for row in points for _, group in row})
+    for axis, (title, points, means) in zip(axes[0], panels):
+        if shaded_row is not None and points[shaded_row]:
+            values = [value for value, _ in points[shaded_row]]
+            axis.axvspan(min(values), max(values), color="0.9", zorder=0)
+        axis.axvline(0, color="0.4", linewidth=0.8)
+        for y, row, bar in zip(positions, points, means):
+            for value, group in row:
+                axis.plot(value, y, "o", color=colours(group), alpha=0.75, markersize=5)
+            if bar is None:
+                continue
+            mean, low, high = bar
+            if np.isnan(low):
+                axis.plot(mean, y, "|", color="black", markersize=12)
+            else:
+                axis.errorbar(
+                    mean, y, xerr=[[mean - low], [high - mean]], fmt="|", color="black", markersize=12, capsize=3
+                )
+        shown = [value for row in points for value, _ in row]
+        margin = 0.15 * (max(shown) - min(shown))
+        axis.set_xlim(min(shown) - margin, max(shown) + margin)
+        axis.set_title(title, fontsize=9)
+        axis.set_xlabel(x_label, fontsize=8)
+        axis.grid(axis="x", alpha=0.3)
+    axes[0][0].set_yticks(positions)
+    axes[0][0].set_yticklabels(labels, fontsize=8)
+    axes[0][0].set_ylim(-0.7, sum(heights) - 0.3)
+    handles = [
+        plt.Line2D([], [], marker="o", linestyle="", color=colours(g), label=f"{group_name} {g}") for g in groups
+    ]
+    handles.append(
+        plt.Line2D([], [], marker="|", linestyle="", color="black", markersize=12, label="mean (95 % t interval)")
+    )
+    if shaded_row is not None:
+        handles.append(Patch(color="0.9", label=shaded_name))
+    figure.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    figure.tight_layout(rect=(0, 0.05, 1, 1))
     return save_figure(figure, path)
 
 
