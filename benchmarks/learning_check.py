@@ -29,6 +29,9 @@ Reported, not timed: results go to benchmarks/README.md and the model card by ha
     python benchmarks/learning_check.py --minutes 2 --iterations 90 --max-images 90   # smoke test
     python benchmarks/learning_check.py --seed 0 --score-only   # score outputs/learning_check/pretrain again
     python benchmarks/learning_check.py --seed 0 --score-only --eval-size 140   # the same run, encoded at 140 px
+
+With runs in separate `--output` folders under outputs/learning_check, `benchmarks/learning_check_summary.py` pairs
+each with the recipe's run on the same split and pretraining seed and plots every change against the seed's spread.
 """
 
 import argparse
