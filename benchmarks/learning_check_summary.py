@@ -18,6 +18,7 @@ repository is `benchmarks/learning_check_runs.csv`).
 
 import argparse
 import csv
+import functools
 import json
 import math
 import statistics
@@ -211,14 +212,19 @@ def print_table(paired: dict[str, list[dict]]) -> None:
         print(f"| {change} | {len(entries)} | " + " | ".join(cells) + " |")
 
 
+@functools.cache
+def field_name_counts() -> Counter:
+    """How many recipe sections have a field of each name (`loss_weight`: dino and ibot)."""
+    return Counter(key.split(".")[-1] for key in flatten(RecipeConfig().to_dict()))
+
+
 def short_label(change: str, runs: int) -> str:
     """The change without section prefixes where the field name is unique (`crops.flip_probability=0.0` ->
     `flip_probability=0.0`, `ibot.loss_weight=0.0` stays), wrapped."""
-    names = Counter(key.split(".")[-1] for key in flatten(RecipeConfig().to_dict()))
     parts = []
     for part in change.split(", "):
         key = part.split("=", 1)[0]
-        unique = "=" in part and names[key.split(".")[-1]] == 1
+        unique = "=" in part and field_name_counts()[key.split(".")[-1]] == 1
         parts.append(part.split(".", 1)[-1] if unique else part)
     return textwrap.fill(", ".join(parts), width=46) + f" (n={runs})"
 
