@@ -58,6 +58,7 @@ from safetensors.torch import load_file  # noqa: E402
 from bench_inference import CompileTimeout, alarm, build_model, median_time, variant_context  # noqa: E402
 from configuration_rad_dino import RadDinoConfig  # noqa: E402
 from modeling_rad_dino import RadDinoModel  # noqa: E402
+from rad_dino_hf.run_log import METRICS_FILENAME, read_records  # noqa: E402
 
 SAMPLE_IMAGES = REPO_ROOT / "data" / "sample" / "images"
 RECIPE = REPO_ROOT / "configs" / "rad_dino_vitb14.yaml"
@@ -207,7 +208,7 @@ def launch(args, mode: str, images: Path, files_per_shard: int, output: Path, re
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return read_records(run_dir / METRICS_FILENAME)
 
 
 def max_weight_difference(first: Path, second: Path) -> float:

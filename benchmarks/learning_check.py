@@ -66,6 +66,7 @@ from rad_dino_hf.knn import knn_classify  # noqa: E402
 from rad_dino_hf.metrics import classification_metrics  # noqa: E402
 from rad_dino_hf.probe import linear_probe  # noqa: E402
 from rad_dino_hf.recipe import RecipeConfig, apply_overrides  # noqa: E402
+from rad_dino_hf.run_log import METRICS_FILENAME, read_records  # noqa: E402
 from rad_dino_hf.tables import patient_split  # noqa: E402
 from rad_dino_hf.trainer import RunOptions, load_checkpoint_networks, pretrain  # noqa: E402
 
@@ -186,8 +187,7 @@ def row(metrics: dict, **extra) -> dict:
 
 def training_end(output_dir: Path, n_prototypes: int) -> dict:
     """The last logged DINO / iBOT terms and image-target MI of the run, next to ln K (a uniform target's loss)."""
-    lines = (output_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-    last = json.loads(lines[-1])
+    last = read_records(output_dir / METRICS_FILENAME)[-1]
     keys = ("loss/dino", "loss/ibot", "mi/dino", "mi/ibot")
     return {key: last[key] for key in keys if key in last} | {"ln_K": float(np.log(n_prototypes))}
 

@@ -9,11 +9,12 @@ another `train.seed`, paired the same way.
 
 Prints, per change, the paired differences in linear-probe accuracy, k-NN accuracy on CLS and the DINO term (mean
 over the last 200 iterations), with the mean and its 95 % t interval; writes every run's row to `--csv` and the
-paired differences to `--plot`. `--from-csv` re-plots a saved table without the run folders (the table in the
-repository is `benchmarks/learning_check_runs.csv`).
+paired differences to `--plot`. Run folders do not outlive a checkout, so the rows of earlier runs come from
+`--previous` (the table in the repository, `benchmarks/learning_check_runs.csv`); a run folder replaces the row of
+the same name. Copy the written table and plot over the repository's after new runs.
 
-    python benchmarks/learning_check_summary.py                     # outputs/learning_check/*
-    python benchmarks/learning_check_summary.py --from-csv benchmarks/learning_check_runs.csv --plot /tmp/levers.png
+    python benchmarks/learning_check_summary.py                           # outputs/learning_check/* + the table
+    python benchmarks/learning_check_summary.py --runs /nonexistent --plot /tmp/levers.png   # the table alone
 """
 
 import argparse
@@ -35,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rad_dino_hf.errors import UserError, reported_user_errors  # noqa: E402
 from rad_dino_hf.plots import plot_paired_differences  # noqa: E402
 from rad_dino_hf.recipe import RecipeConfig  # noqa: E402
+from rad_dino_hf.run_log import METRICS_FILENAME, read_records  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 # Set by learning_check.py for every run, so never part of what a run changed (train.seed is the pairing key).
@@ -118,7 +120,7 @@ def read_run(folder: Path, reference: dict[str, object], epoch_length: int) -> d
         return None
     recipe = yaml.safe_load(recipe_file.read_text(encoding="utf-8"))
     change, iterations = change_of(recipe, reference, epoch_length)
-    records = [json.loads(line) for line in (folder / "pretrain" / "metrics.jsonl").read_text().splitlines() if line]
+    records = read_records(folder / "pretrain" / METRICS_FILENAME)
     final_step = result["pretraining"]["step"]
     rows = result["results"]
     missing = {"accuracy": math.nan, "accuracy_ci": [math.nan, math.nan], "auroc": math.nan}
@@ -280,27 +282,39 @@ def main() -> None:
         default=REPO / "outputs" / "learning_check_changes.png",
         help="where to draw the paired differences (PNG)",
     )
-    parser.add_argument("--from-csv", type=Path, help="read the rows from this table instead of run folders")
+    parser.add_argument(
+        "--previous",
+        type=Path,
+        default=REPO / "benchmarks" / "learning_check_runs.csv",
+        help="a table this script wrote before: its rows stand for runs whose folders are gone (a run folder under "
+        "--runs replaces the row of the same name; the rows keep the change names they were given then)",
+    )
+    parser.add_argument("--no-previous", action="store_true", help="read the run folders only")
     args = parser.parse_args()
 
     with reported_user_errors():
-        if args.from_csv:
-            rows = read_csv(args.from_csv)
-        else:
-            recipe = RecipeConfig.from_yaml(args.config)
-            epoch_length = recipe.train.official_epoch_length
-            recipe.optim.epochs = max(1, round(args.iterations / epoch_length))
-            reference = flatten(recipe.to_dict())
-            folders = sorted(p for p in args.runs.iterdir() if p.is_dir()) if args.runs.is_dir() else []
-            rows = [row for folder in folders if (row := read_run(folder, reference, epoch_length))]
-            if not rows:
-                raise UserError(f"no finished CXR learning check under {args.runs}")
-            args.csv.parent.mkdir(parents=True, exist_ok=True)
-            with open(args.csv, "w", newline="", encoding="utf-8") as handle:
-                writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-                writer.writeheader()
-                writer.writerows(rows)
-            print(f"{len(rows)} runs -> {args.csv}")
+        recipe = RecipeConfig.from_yaml(args.config)
+        epoch_length = recipe.train.official_epoch_length
+        recipe.optim.epochs = max(1, round(args.iterations / epoch_length))
+        reference = flatten(recipe.to_dict())
+        folders = sorted(p for p in args.runs.iterdir() if p.is_dir()) if args.runs.is_dir() else []
+        rows = {row["run"]: row for folder in folders if (row := read_run(folder, reference, epoch_length))}
+        print(f"{len(rows)} runs read from {args.runs}")
+        if not args.no_previous:
+            if not args.previous.is_file():
+                raise UserError(f"--previous {args.previous}: no such table (pass --no-previous to read folders only)")
+            previous = [row for row in read_csv(args.previous) if row["run"] not in rows]
+            rows |= {row["run"]: row for row in previous}
+            print(f"{len(previous)} more from {args.previous}")
+        if not rows:
+            raise UserError(f"no finished CXR learning check under {args.runs}")
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.csv, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+            writer.writeheader()
+            writer.writerows(sorted(rows.values(), key=lambda row: row["run"]))
+        print(f"{len(rows)} runs -> {args.csv}")
+        rows = list(rows.values())
         paired = paired_differences(rows)
         if not paired:
             raise UserError("no run has an unchanged-recipe run on its split and pretraining seed to pair with")

@@ -16,6 +16,7 @@ from sklearn.metrics import confusion_matrix as sklearn_confusion_matrix  # noqa
 from sklearn.metrics import roc_curve  # noqa: E402
 
 from rad_dino_hf.metrics import auroc, dice_iou_from_counts, segmentation_counts  # noqa: E402
+from rad_dino_hf.run_log import read_records  # noqa: E402
 
 IGNORE_COLOUR = (1.0, 0.0, 1.0)  # magenta: not used by the class palette
 
@@ -68,9 +69,7 @@ def save_pca_figure(
 def plot_training_curves(metrics_jsonl: str | Path, path: str | Path) -> Path:
     """Loss terms, teacher-target information (collapse monitor) and schedules against iterations, from the
     trainer's `metrics.jsonl`."""
-    import json
-
-    rows = [json.loads(line) for line in Path(metrics_jsonl).read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = read_records(metrics_jsonl)
     steps = [row["step"] for row in rows]
     panels = [
         ("losses", [key for key in rows[0] if key.startswith("loss/")]),

@@ -14,7 +14,6 @@ world size; the scheduler is stepped by hand once per update, not through Accele
 per process).
 """
 
-import json
 import logging
 import math
 import time
@@ -31,6 +30,7 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from rad_dino_hf.plots import plot_loss_curves
+from rad_dino_hf.run_log import append_record, read_records
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ def train(
                 window = []
                 if write:
                     record = {"update": len(log.update_losses), "epoch": epoch, "loss": log.update_losses[-1], "lr": lr}
-                    append_record(settings, record | update)
+                    append_record(settings.metrics_path, {"phase": settings.description} | record | update)
                 bar.update(1)
                 bar.set_postfix(loss=f"{log.update_losses[-1]:.4f}", epoch=epoch)
         record = {"epoch": epoch, "train_loss": sum(epoch_losses) / len(epoch_losses)}
@@ -130,7 +130,7 @@ def train(
         record["seconds"] = round(time.perf_counter() - start, 1)
         log.epochs.append(record)
         if write:
-            append_record(settings, record)
+            append_record(settings.metrics_path, {"phase": settings.description} | record)
         logger.info(
             "%s epoch %d/%d: %s",
             settings.description,
@@ -155,20 +155,12 @@ def fresh_training_log(path: Path, accelerator: Accelerator) -> Path:
     return path
 
 
-def append_record(settings: LoopSettings, record: dict) -> None:
-    """Append `record`, tagged with the phase, as one JSON line to `settings.metrics_path`."""
-    settings.metrics_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(settings.metrics_path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps({"phase": settings.description} | record) + "\n")
-
-
 def plot_phases(metrics_path: Path) -> Path:
     """The update losses of every phase in a metrics JSONL, one panel each, and the numbers the epoch callbacks
     returned (e.g. validation accuracy), one panel each, as `metrics_path` with `.png`."""
     curves: dict[str, list[float]] = {}
     epoch_values: dict[str, list[float]] = {}
-    for line in metrics_path.read_text(encoding="utf-8").splitlines():
-        record = json.loads(line)
+    for record in read_records(metrics_path):
         if "update" in record:
             curves.setdefault(record["phase"], []).append(record["loss"])
             continue

@@ -50,6 +50,7 @@ from rad_dino_hf.masking import sample_batch_masks
 from rad_dino_hf.plots import plot_training_curves
 from rad_dino_hf.preemption import Preempted, PreemptionRequest
 from rad_dino_hf.recipe import RecipeConfig
+from rad_dino_hf.run_log import METRICS_FILENAME, append_record, keep_records_until
 from rad_dino_hf.schedules import apply_schedules, build_schedules, fuse_param_groups, param_groups
 from rad_dino_hf.ssl_model import (
     SelfDistillationNetwork,
@@ -62,7 +63,6 @@ from rad_dino_hf.ssl_model import (
 
 logger = logging.getLogger(__name__)
 
-METRICS_FILENAME = "metrics.jsonl"
 TENSORBOARD_DIRNAME = "tensorboard"
 CURVES_FILENAME = "loss_curves.png"
 MODEL_CONFIG_FILENAME = "model_config.json"  # the student's architecture (heads included), written at the start
@@ -237,6 +237,10 @@ class Pretrainer:
         self.dataloader.load_state_dict(self.state.dataloader_state)
         self.mask_rng.setstate(self.state.mask_rng_state)
         logger.info("Resumed from %s at iteration %d", checkpoint, self.state.step)
+        if self.accelerator.is_main_process:
+            dropped = keep_records_until(self.output_dir / METRICS_FILENAME, self.state.step)
+            if dropped:
+                logger.info("Dropped %d log records past iteration %d: this run repeats them", dropped, self.state.step)
 
     def save(self) -> Path:
         if self._any_rank(not (_all_finite(self.student) and _all_finite(self.teacher))):
@@ -449,8 +453,7 @@ class Pretrainer:
     def _log(self, values: dict, metrics_path: Path) -> None:
         if not self.accelerator.is_main_process:
             return
-        with open(metrics_path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(values) + "\n")
+        append_record(metrics_path, values)
         if self.tensorboard is not None:
             for name, value in values.items():
                 if name != "step":

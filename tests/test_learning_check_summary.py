@@ -123,7 +123,8 @@ def test_mean_interval_against_the_t_formula(summary):
 
 def test_table_round_trips_and_plots(summary, runs, tmp_path, monkeypatch, capsys):
     table, picture = tmp_path / "out" / "runs.csv", tmp_path / "out" / "changes.png"
-    monkeypatch.setattr(sys, "argv", ["summary", "--runs", str(runs), "--csv", str(table), "--plot", str(picture)])
+    argv = ["summary", "--runs", str(runs), "--csv", str(table), "--plot", str(picture), "--no-previous"]
+    monkeypatch.setattr(sys, "argv", argv)
     summary.main()
     printed = capsys.readouterr().out
 
@@ -131,3 +132,29 @@ def test_table_round_trips_and_plots(summary, runs, tmp_path, monkeypatch, capsy
     assert f"| {summary.SEED_YARDSTICK} | 1 | range -5.0 to -5.0; -5.0 | range +2.0 to +2.0; +2.0 |" in printed
     assert picture.stat().st_size > 10_000
     assert summary.read_csv(table) == sorted(read_all(summary, runs).values(), key=lambda r: r["run"])
+
+
+def test_earlier_runs_come_from_the_previous_table_and_folders_win(summary, runs, tmp_path, monkeypatch, capsys):
+    """A fresh checkout has no run folders: the committed table stands for them, and a folder read now replaces its
+    row of the same name."""
+    previous, merged = tmp_path / "previous.csv", tmp_path / "merged.csv"
+    rows = read_all(summary, runs)
+    gone = rows.pop("noflip_1") | {"run": "noflip_1_gone"}  # its folder no longer exists
+    stale = rows["recipe_0"] | {"probe_accuracy": 0.1}  # the folder's own numbers must win
+    with open(previous, "w", newline="", encoding="utf-8") as handle:
+        writer = summary.csv.DictWriter(handle, fieldnames=summary.COLUMNS)
+        writer.writeheader()
+        writer.writerows([gone, stale])
+    argv = ["summary", "--runs", str(runs), "--csv", str(merged), "--plot", str(tmp_path / "p.png")]
+    monkeypatch.setattr(sys, "argv", [*argv, "--previous", str(previous)])
+    summary.main()
+
+    table = {row["run"]: row for row in summary.read_csv(merged)}
+    assert set(table) == set(read_all(summary, runs)) | {"noflip_1_gone"}
+    assert table["recipe_0"]["probe_accuracy"] == pytest.approx(0.70)
+    assert table["noflip_1_gone"] == gone  # floats survive the CSV exactly
+
+    monkeypatch.setattr(sys, "argv", [*argv, "--previous", str(tmp_path / "absent.csv")])
+    with pytest.raises(SystemExit):
+        summary.main()
+    assert "absent.csv: no such table (pass --no-previous" in capsys.readouterr().err

@@ -23,6 +23,7 @@ from rad_dino_hf.checkpoint import latest_checkpoint
 from rad_dino_hf.convert import DINO_HEAD_FILENAME, load_dino_head
 from rad_dino_hf.heads import DinoHead
 from rad_dino_hf.recipe import RecipeConfig
+from rad_dino_hf.run_log import METRICS_FILENAME, read_records
 from rad_dino_hf.errors import UserError
 from rad_dino_hf.fingerprint import parameter_digest
 from rad_dino_hf.trainer import NonFiniteLossError, clip_grad_norms, load_checkpoint_networks
@@ -265,6 +266,14 @@ def test_sigkill_while_checkpointing_resumes_from_previous(tmp_path, images):
     assert resumed["step"] == 6
     assert resumed["replica_digests"] == straight["replica_digests"]
     assert not any(p.name.startswith(".tmp-") for p in checkpoints.iterdir())
+    # The killed run logged iterations 3 and 4 after its last checkpoint; the resumed run logged them again. The log
+    # holds each iteration once, with the straight run's numbers (timing aside).
+    logged, straight_logged = (
+        [{key: value for key, value in record.items() if key != "images_per_second"} for record in read_records(path)]
+        for path in (tmp_path / "run" / METRICS_FILENAME, straight_dir / "run" / METRICS_FILENAME)
+    )
+    assert [record["step"] for record in logged] == [1, 2, 3, 4, 5, 6]
+    assert logged == straight_logged
 
 
 def test_two_process_ddp_keeps_replicas_identical(tmp_path, images, free_port):
