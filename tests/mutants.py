@@ -95,6 +95,13 @@ MUTANTS = [
         "        array = to_uint8(array)\n",
         ["tests/test_image_processing.py"],
     ),
+    (
+        "resume keeps the log records of the crashed run's last iterations",
+        "rad_dino_hf/trainer.py",
+        "dropped = keep_records_until(self.output_dir / METRICS_FILENAME, self.state.step)",
+        "dropped = 0",
+        ["tests/test_pretrain.py::test_sigkill_while_checkpointing_resumes_from_previous"],
+    ),
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
