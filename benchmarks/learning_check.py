@@ -294,6 +294,14 @@ def main() -> None:
         started = time.perf_counter()
         summary = pretrain(recipe, RunOptions(resume="never", progress=False))
         pretrain_minutes = (time.perf_counter() - started) / 60
+    scheduled = recipe.optim.epochs * recipe.train.official_epoch_length
+    if summary["step"] < scheduled:
+        logging.warning(
+            "The time cap stopped pretraining at iteration %d of %d: its schedules (lr, teacher momentum and "
+            "temperature) never finished, so it compares with no full-length run. Give it more --minutes.",
+            summary["step"],
+            scheduled,
+        )
 
     export = Path(summary["export_dir"])
     # Trained on random-resized crops, a ViT may read the whole image better a little larger (FixRes).

@@ -122,6 +122,8 @@ def read_run(folder: Path, reference: dict[str, object], epoch_length: int) -> d
     change, iterations = change_of(recipe, reference, epoch_length)
     records = read_records(folder / "pretrain" / METRICS_FILENAME)
     final_step = result["pretraining"]["step"]
+    if final_step < iterations:  # the time cap ended it before its schedule did: not the recipe, whatever it set
+        change = f"{'' if change == RECIPE else change + ', '}stopped by the time cap at {final_step} of {iterations}"
     rows = result["results"]
     missing = {"accuracy": math.nan, "accuracy_ci": [math.nan, math.nan], "auroc": math.nan}
     probe = rows["pretrained (linear probe)"]

@@ -22,7 +22,7 @@ def summary():
     return module
 
 
-def make_run(root, name, split, overrides, probe, knn, dino_values, iterations=3600):
+def make_run(root, name, split, overrides, probe, knn, dino_values, iterations=3600, stopped_at=None):
     """A finished learning check as learning_check.py leaves it: the scores, the resolved recipe and the metrics."""
     from rad_dino_hf.recipe import RecipeConfig, apply_overrides
 
@@ -48,7 +48,8 @@ def make_run(root, name, split, overrides, probe, knn, dino_values, iterations=3
         "raw pixels 8x8 (linear probe)": {"accuracy": 0.82, "accuracy_ci": [0.76, 0.88], "auroc": 0.94},
         "pretrained (k-NN on CLS)": {"accuracy": knn, "accuracy_ci": [knn - 0.05, knn + 0.05], "auroc": 0.85},
     }
-    result = {"seed": split, "command": {"task": "cxr"}, "pretraining": {"step": iterations}, "results": scores}
+    pretraining = {"step": stopped_at or iterations}
+    result = {"seed": split, "command": {"task": "cxr"}, "pretraining": pretraining, "results": scores}
     (folder / "learning_check.json").write_text(json.dumps(result))
     return folder
 
@@ -158,3 +159,12 @@ def test_earlier_runs_come_from_the_previous_table_and_folders_win(summary, runs
     with pytest.raises(SystemExit):
         summary.main()
     assert "absent.csv: no such table (pass --no-previous" in capsys.readouterr().err
+
+
+def test_a_run_the_time_cap_stopped_early_is_never_the_recipe(summary, tmp_path):
+    make_run(tmp_path, "capped", 0, [], probe=0.70, knn=0.60, dino_values=[4.0], stopped_at=3300)
+    make_run(tmp_path, "capped_noflip", 0, ["crops.flip_probability=0"], 0.7, 0.6, [4.0], stopped_at=3300)
+    rows = read_all(summary, tmp_path)
+
+    assert rows["capped"]["change"] == "stopped by the time cap at 3300 of 3600"
+    assert rows["capped_noflip"]["change"] == "crops.flip_probability=0.0, stopped by the time cap at 3300 of 3600"
