@@ -112,13 +112,16 @@ def build_dataloader(
     )
 
 
-def _tensorboard_writer(folder: Path):
-    """A TensorBoard writer when the `tensorboard` package is installed, else None (metrics.jsonl has it all)."""
+def _tensorboard_writer(folder: Path, resumed_at: int):
+    """A TensorBoard writer when the `tensorboard` package is installed, else None (metrics.jsonl has it all).
+
+    Resumed at iteration `resumed_at` > 0, it purges the events a crashed run logged after that iteration, which
+    this run logs again (as `run_log.keep_records_until` does for metrics.jsonl)."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         return None
-    return SummaryWriter(str(folder))
+    return SummaryWriter(str(folder), purge_step=resumed_at + 1 if resumed_at else None)
 
 
 def _all_finite(module: torch.nn.Module) -> bool:
@@ -214,8 +217,7 @@ class Pretrainer:
         self.schedules = build_schedules(recipe, self.accelerator.num_processes)
         self.stop_at = min(recipe.total_iterations, recipe.train.max_iterations or recipe.total_iterations)
         self.checkpoint_root = self.output_dir / "checkpoints"
-        is_main = self.accelerator.is_main_process
-        self.tensorboard = _tensorboard_writer(self.output_dir / TENSORBOARD_DIRNAME) if is_main else None
+        self.tensorboard = None  # opened by `run` once it knows the iteration it resumes at
         self.low_information_iterations = {"dino": 0, "ibot": 0}  # consecutive iterations below the threshold
         self.collapse_warned = False
 
@@ -374,6 +376,8 @@ class Pretrainer:
             recipe.to_yaml(self.output_dir / "recipe.yaml")
             self.config.to_json_file(self.output_dir / MODEL_CONFIG_FILENAME)
         self.resume()
+        if accelerator.is_main_process:
+            self.tensorboard = _tensorboard_writer(self.output_dir / TENSORBOARD_DIRNAME, self.state.step)
         self.consecutive_nan = 0
         metrics_path = self.output_dir / METRICS_FILENAME
         started = time.perf_counter()

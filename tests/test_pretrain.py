@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -89,6 +90,36 @@ def test_resume_equals_straight_run_bitwise(tmp_path, images):
     assert resumed["replica_digests"] == straight["replica_digests"]
     assert resumed["teacher_digests"] == straight["teacher_digests"]
     assert resumed["images_seen"] == straight["images_seen"] == 24
+
+
+class FakeSummaryWriter:
+    """Stands in for TensorBoard's writer (not a requirement): records how it was opened and what it was given."""
+
+    opened: list = []
+
+    def __init__(self, log_dir, purge_step=None):
+        self.purge_step, self.steps = purge_step, set()
+        FakeSummaryWriter.opened.append(self)
+
+    def add_scalar(self, name, value, step):
+        self.steps.add(step)
+
+    def close(self):
+        pass
+
+
+def test_a_resumed_run_purges_tensorboard_events_past_its_checkpoint(tmp_path, images, monkeypatch):
+    """TensorBoard's `purge_step` drops events at or after it: a run resumed at iteration 3 (the last checkpoint; a
+    crashed run may have logged beyond it) opens its writer with purge_step 4, a fresh run with none."""
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", SimpleNamespace(SummaryWriter=FakeSummaryWriter))
+    monkeypatch.setattr(FakeSummaryWriter, "opened", [])
+    config = write_recipe(tmp_path, images)
+    run(config, "--set", "train.max_iterations=3")
+    run(config, "--set", "train.max_iterations=6")
+
+    fresh, resumed = FakeSummaryWriter.opened
+    assert (fresh.purge_step, fresh.steps) == (None, {1, 2, 3})
+    assert (resumed.purge_step, resumed.steps) == (4, {4, 5, 6})
 
 
 def test_export_loads_as_plain_dinov2(tmp_path, images):
