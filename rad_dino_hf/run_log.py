@@ -24,17 +24,23 @@ def append_record(path: str | Path, record: dict) -> None:
         handle.write(json.dumps(record) + "\n")
 
 
-def read_records(path: str | Path) -> list[dict]:
-    """Every record of a log, in order. A line that is not JSON (the tail of a run killed while writing it) is
-    skipped with a warning rather than losing the rest of the log."""
+def _parse(path: Path) -> tuple[list[dict], int]:
+    """The records of a log in order, and how many non-blank lines were not JSON."""
     records, unreadable = [], 0
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8").splitlines():
         if not line.strip():
             continue
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError:
             unreadable += 1
+    return records, unreadable
+
+
+def read_records(path: str | Path) -> list[dict]:
+    """Every record of a log, in order. A line that is not JSON (the tail of a run killed while writing it) is
+    skipped with a warning rather than losing the rest of the log."""
+    records, unreadable = _parse(Path(path))
     if unreadable:
         logger.warning("%s: skipped %d unreadable line(s), as a run killed while writing leaves", path, unreadable)
     return records
@@ -48,11 +54,11 @@ def keep_records_until(path: str | Path, step: int) -> int:
     path = Path(path)
     if not path.exists():
         return 0
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    kept = [json.dumps(record) for record in read_records(path) if record["step"] <= step]
-    if len(kept) == len(lines):
-        return 0
-    partial = path.with_name(path.name + ".tmp")
-    partial.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-    os.replace(partial, path)
-    return len(lines) - len(kept)
+    records, unreadable = _parse(path)
+    kept = [record for record in records if record["step"] <= step]
+    dropped = len(records) - len(kept) + unreadable
+    if dropped:
+        partial = path.with_name(path.name + ".tmp")
+        partial.write_text("".join(json.dumps(record) + "\n" for record in kept), encoding="utf-8")
+        os.replace(partial, path)
+    return dropped

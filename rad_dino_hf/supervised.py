@@ -97,6 +97,7 @@ def train(
     scheduler = get_cosine_schedule_with_warmup(optimizer, round(settings.warmup_fraction * total), total)
     parameters = [parameter for group in optimizer.param_groups for parameter in group["params"]]
     write = settings.metrics_path is not None and accelerator.is_main_process
+    phase = {"phase": settings.description}  # tags every record, since phases of one run share a log
     log, window = TrainingLog(), []
     bar = tqdm(total=total, desc=settings.description, disable=not accelerator.is_local_main_process)
     for epoch in range(1, settings.epochs + 1):
@@ -121,7 +122,7 @@ def train(
                 window = []
                 if write:
                     record = {"update": len(log.update_losses), "epoch": epoch, "loss": log.update_losses[-1], "lr": lr}
-                    append_record(settings.metrics_path, {"phase": settings.description} | record | update)
+                    append_record(settings.metrics_path, phase | record | update)
                 bar.update(1)
                 bar.set_postfix(loss=f"{log.update_losses[-1]:.4f}", epoch=epoch)
         record = {"epoch": epoch, "train_loss": sum(epoch_losses) / len(epoch_losses)}
@@ -130,7 +131,7 @@ def train(
         record["seconds"] = round(time.perf_counter() - start, 1)
         log.epochs.append(record)
         if write:
-            append_record(settings.metrics_path, {"phase": settings.description} | record)
+            append_record(settings.metrics_path, phase | record)
         logger.info(
             "%s epoch %d/%d: %s",
             settings.description,
