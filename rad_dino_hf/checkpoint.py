@@ -43,6 +43,9 @@ class TrainState:
         self.images_seen = 0
         self.skipped_samples = 0
         self.skipped_nan_steps = 0
+        # The collapse monitor's patience counts iterations in a row, across a resume.
+        self.low_information_iterations = {"dino": 0, "ibot": 0}
+        self.collapse_warned = False
         self.mask_rng_state: object = None
         self.dataloader_state: dict | None = None
 

@@ -218,8 +218,6 @@ class Pretrainer:
         self.stop_at = min(recipe.total_iterations, recipe.train.max_iterations or recipe.total_iterations)
         self.checkpoint_root = self.output_dir / "checkpoints"
         self.tensorboard = None  # opened by `run` once it knows the iteration it resumes at
-        self.low_information_iterations = {"dino": 0, "ibot": 0}  # consecutive iterations below the threshold
-        self.collapse_warned = False
 
     # -- state ----------------------------------------------------------------------------------------------
 
@@ -339,15 +337,15 @@ class Pretrainer:
         counts as collapsed after `train.collapse_warning_iterations` iterations in a row below
         `train.collapse_information_nats` (NaN, a batch without masked patches, does not count).
         """
-        train, teacher = self.recipe.train, self.recipe.teacher
+        train, teacher, state = self.recipe.train, self.recipe.teacher, self.state
+        counts = state.low_information_iterations  # in the checkpoint, so a resumed run keeps counting
         for name, value in information.items():
-            low = value < train.collapse_information_nats
-            self.low_information_iterations[name] = self.low_information_iterations[name] + 1 if low else 0
+            counts[name] = counts[name] + 1 if value < train.collapse_information_nats else 0
         patience = train.collapse_warning_iterations
-        stuck = [name for name, count in self.low_information_iterations.items() if count >= patience]
-        if self.collapse_warned or patience <= 0 or not stuck:
+        stuck = [name for name, count in counts.items() if count >= patience]
+        if state.collapse_warned or patience <= 0 or not stuck:
             return
-        self.collapse_warned = True
+        state.collapse_warned = True
         if not self.accelerator.is_main_process:
             return
         warmup = self.recipe.optim.warmup_epochs * train.official_epoch_length

@@ -473,15 +473,20 @@ def test_gradients_are_clipped_per_part_as_dinov2():
     assert unclipped == pytest.approx(norms, rel=1e-5)
 
 
-def test_collapse_is_logged_and_warned_once(tmp_path, images, monkeypatch, capfd):
-    """A teacher that gives every sample the same target: image-target MI 0 in metrics.jsonl, one warning."""
+def _constant_teacher_targets():
+    """`teacher_targets` that gives every sample the uniform target: image-target MI 0 for both heads."""
     targets = ssl_model.SelfDistillationObjective.teacher_targets
 
     def constant_teacher(self, *args, **kwargs):
         cls, patches = targets(self, *args, **kwargs)
         return torch.full_like(cls, 1 / cls.shape[1]), torch.full_like(patches, 1 / patches.shape[1])
 
-    monkeypatch.setattr(ssl_model.SelfDistillationObjective, "teacher_targets", constant_teacher)
+    return constant_teacher
+
+
+def test_collapse_is_logged_and_warned_once(tmp_path, images, monkeypatch, capfd):
+    """A teacher that gives every sample the same target: image-target MI 0 in metrics.jsonl, one warning."""
+    monkeypatch.setattr(ssl_model.SelfDistillationObjective, "teacher_targets", _constant_teacher_targets())
     run(write_recipe(tmp_path, images, collapse_warning_iterations=2), "--set", "train.max_iterations=5")
     warnings = [line for line in capfd.readouterr().err.splitlines() if "Collapse:" in line]
     assert len(warnings) == 1 and "DINO and iBOT targets" in warnings[0] and "layerscale" in warnings[0]
@@ -490,6 +495,19 @@ def test_collapse_is_logged_and_warned_once(tmp_path, images, monkeypatch, capfd
     for row in metrics:
         assert abs(row["mi/dino"]) < 1e-6 and (abs(row["mi/ibot"]) < 1e-6 or math.isnan(row["mi/ibot"]))
         assert {"grad_norm/backbone", "grad_norm/dino_head"} <= set(row)
+
+
+def test_collapse_patience_counts_across_a_resume(tmp_path, images, monkeypatch, capfd):
+    """Iterations in a row below the threshold count across a checkpoint: 2 before a stop and 2 after reach a
+    patience of 4 (a fresh count would not), and a run that has warned does not warn again after resuming."""
+    monkeypatch.setattr(ssl_model.SelfDistillationObjective, "teacher_targets", _constant_teacher_targets())
+    config = write_recipe(tmp_path, images, collapse_warning_iterations=4)
+    run(config, "--set", "train.max_iterations=2")
+    assert "Collapse:" not in capfd.readouterr().err
+    run(config, "--set", "train.max_iterations=4")
+    assert sum("Collapse:" in line for line in capfd.readouterr().err.splitlines()) == 1
+    run(config, "--set", "train.max_iterations=6")
+    assert "Collapse:" not in capfd.readouterr().err
 
 
 def test_varied_targets_are_not_a_collapse(tmp_path, images, capfd):
