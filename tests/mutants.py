@@ -102,6 +102,13 @@ MUTANTS = [
         "dropped = 0",
         ["tests/test_pretrain.py::test_sigkill_while_checkpointing_resumes_from_previous"],
     ),
+    (
+        "the collapse monitor's patience restarts on resume",
+        "rad_dino_hf/checkpoint.py",
+        "return dict(vars(self))",
+        'return {k: v for k, v in vars(self).items() if k not in ("low_information_iterations", "collapse_warned")}',
+        ["tests/test_pretrain.py::test_collapse_patience_counts_across_a_resume"],
+    ),
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
