@@ -127,6 +127,8 @@ def read_run(folder: Path, reference: dict[str, object], epoch_length: int) -> d
     rows = result["results"]
     missing = {"accuracy": math.nan, "accuracy_ci": [math.nan, math.nan], "auroc": math.nan}
     probe = rows["pretrained (linear probe)"]
+    # The raw-pixel baseline is the encoder's input averaged to its patch grid (8 x 8 for 112 px crops).
+    grid = recipe["crops"]["global_crops_size"] // recipe["student"]["patch_size"]
     return {
         "run": folder.name,
         "split": result["seed"],
@@ -139,7 +141,7 @@ def read_run(folder: Path, reference: dict[str, object], epoch_length: int) -> d
         "probe_auroc": probe["auroc"],
         "knn_accuracy": rows.get("pretrained (k-NN on CLS)", missing)["accuracy"],
         "twin_accuracy": rows["random twin (linear probe)"]["accuracy"],
-        "raw_pixels_accuracy": rows.get("raw pixels 8x8 (linear probe)", missing)["accuracy"],
+        "raw_pixels_accuracy": rows.get(f"raw pixels {grid}x{grid} (linear probe)", missing)["accuracy"],
         "dino_last": last_mean(records, "loss/dino", final_step),
         "dino_mi_last": last_mean(records, "mi/dino", final_step),
         "ln_k": math.log(recipe["dino"]["head_n_prototypes"]),

@@ -46,6 +46,7 @@ def make_run(root, name, split, overrides, probe, knn, dino_values, iterations=3
         "pretrained (linear probe)": {"accuracy": probe, "accuracy_ci": [probe - 0.05, probe + 0.05], "auroc": 0.9},
         "random twin (linear probe)": {"accuracy": 0.6, "accuracy_ci": [0.5, 0.7], "auroc": 0.8},
         "raw pixels 8x8 (linear probe)": {"accuracy": 0.82, "accuracy_ci": [0.76, 0.88], "auroc": 0.94},
+        "raw pixels 10x10 (linear probe)": {"accuracy": 0.79, "accuracy_ci": [0.72, 0.85], "auroc": 0.92},
         "pretrained (k-NN on CLS)": {"accuracy": knn, "accuracy_ci": [knn - 0.05, knn + 0.05], "auroc": 0.85},
     }
     pretraining = {"step": stopped_at or iterations}
@@ -61,6 +62,7 @@ def runs(tmp_path):
     make_run(tmp_path, "noflip_0", 0, ["crops.flip_probability=0"], probe=0.66, knn=0.72, dino_values=[3.5])
     make_run(tmp_path, "noflip_1", 1, ["crops.flip_probability=0"], probe=0.66, knn=0.72, dino_values=[3.5])
     make_run(tmp_path, "b64_0", 0, ["train.batch_size_per_gpu=64"], 0.68, 0.61, [4.2], iterations=900)
+    make_run(tmp_path, "g140_0", 0, ["crops.global_crops_size=140"], 0.73, 0.68, [4.0])
     (tmp_path / "unfinished").mkdir()
     return tmp_path
 
@@ -78,12 +80,26 @@ def read_all(summary, folder):
 def test_change_names_only_what_differs(summary, runs):
     rows = read_all(summary, runs)
 
-    assert set(rows) == {"recipe_0", "recipe_0_seed100", "noflip_0", "noflip_1", "b64_0"}  # unfinished skipped
+    assert set(rows) == {
+        "recipe_0",
+        "recipe_0_seed100",
+        "noflip_0",
+        "noflip_1",
+        "b64_0",
+        "g140_0",
+    }  # unfinished skipped
     assert rows["recipe_0"]["change"] == summary.RECIPE
     assert rows["recipe_0_seed100"]["change"] == summary.RECIPE  # the seed is the pairing key, not a change
     assert rows["recipe_0_seed100"]["pretraining_seed"] == 100
     assert rows["noflip_0"]["change"] == "crops.flip_probability=0.0"
     assert rows["b64_0"]["change"] == "train.batch_size_per_gpu=64, 900 iterations"
+
+
+def test_raw_pixels_are_read_at_the_encoders_patch_grid(summary, runs):
+    rows = read_all(summary, runs)
+
+    assert rows["recipe_0"]["raw_pixels_accuracy"] == 0.82  # 112 px crops: 8 x 8 patches
+    assert rows["g140_0"]["raw_pixels_accuracy"] == 0.79  # 140 px: 10 x 10
 
 
 def test_dino_term_is_the_mean_of_the_last_200_iterations(summary, runs):
@@ -101,6 +117,7 @@ def test_pairs_on_split_and_pretraining_seed(summary, runs):
     assert set(paired) == {
         "crops.flip_probability=0.0",
         "train.batch_size_per_gpu=64, 900 iterations",
+        "crops.global_crops_size=140",
         summary.SEED_YARDSTICK,
     }
     (noflip,) = paired["crops.flip_probability=0.0"]  # split 1 has no recipe run to pair with
