@@ -80,14 +80,8 @@ def read_all(summary, folder):
 def test_change_names_only_what_differs(summary, runs):
     rows = read_all(summary, runs)
 
-    assert set(rows) == {
-        "recipe_0",
-        "recipe_0_seed100",
-        "noflip_0",
-        "noflip_1",
-        "b64_0",
-        "g140_0",
-    }  # unfinished skipped
+    # The unfinished run is skipped.
+    assert set(rows) == {"recipe_0", "recipe_0_seed100", "noflip_0", "noflip_1", "b64_0", "g140_0"}
     assert rows["recipe_0"]["change"] == summary.RECIPE
     assert rows["recipe_0_seed100"]["change"] == summary.RECIPE  # the seed is the pairing key, not a change
     assert rows["recipe_0_seed100"]["pretraining_seed"] == 100
