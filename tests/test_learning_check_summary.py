@@ -22,7 +22,7 @@ def summary():
     return module
 
 
-def make_run(root, name, split, overrides, probe, knn, dino_values, iterations=3600, stopped_at=None):
+def make_run(root, name, split, overrides, probe, knn, dino_values, iterations=3600, stopped_at=None, command=None):
     """A finished learning check as learning_check.py leaves it: the scores, the resolved recipe and the metrics."""
     from rad_dino_hf.recipe import RecipeConfig, apply_overrides
 
@@ -50,7 +50,8 @@ def make_run(root, name, split, overrides, probe, knn, dino_values, iterations=3
         "pretrained (k-NN on CLS)": {"accuracy": knn, "accuracy_ci": [knn - 0.05, knn + 0.05], "auroc": 0.85},
     }
     pretraining = {"step": stopped_at or iterations}
-    result = {"seed": split, "command": {"task": "cxr"}, "pretraining": pretraining, "results": scores}
+    command = {"task": "cxr"} | (command or {})
+    result = {"seed": split, "command": command, "pretraining": pretraining, "results": scores}
     (folder / "learning_check.json").write_text(json.dumps(result))
     return folder
 
@@ -179,3 +180,15 @@ def test_a_run_the_time_cap_stopped_early_is_never_the_recipe(summary, tmp_path)
 
     assert rows["capped"]["change"] == "stopped by the time cap at 3300 of 3600"
     assert rows["capped_noflip"]["change"] == "crops.flip_probability=0.0, stopped by the time cap at 3300 of 3600"
+
+
+def test_pretraining_on_pediatric_images_only_is_a_change(summary, tmp_path):
+    """`--pediatric-only` changes the data, not recipe.yaml (whose data sources are per-run): the run must not be
+    paired as the recipe."""
+    make_run(tmp_path, "recipe_0", 0, [], probe=0.70, knn=0.60, dino_values=[4.0])
+    make_run(tmp_path, "pedonly_0", 0, [], 0.74, 0.66, [3.8], command={"pediatric_only": True})
+    rows = read_all(summary, tmp_path)
+
+    assert rows["pedonly_0"]["change"] == "pretrained on probe-train pediatric images only"
+    (pedonly,) = summary.paired_differences(list(rows.values()))["pretrained on probe-train pediatric images only"]
+    assert pedonly["probe_accuracy"] == pytest.approx(0.74 - 0.70)
