@@ -230,6 +230,14 @@ def main() -> None:
         "--pediatric-only", action="store_true", help="pretrain on probe-train pediatric images only (no adult sets)"
     )
     parser.add_argument(
+        "--pretraining-images",
+        type=int,
+        default=None,
+        metavar="N",
+        help="pretrain on a random N of the pretraining images (drawn with --seed; the probe split is unchanged): "
+        "with N equal to --pediatric-only's count, it tells the number of images from where they come from",
+    )
+    parser.add_argument(
         "--eval-size",
         type=int,
         default=None,
@@ -260,6 +268,11 @@ def main() -> None:
     if args.task == "cxr" and not args.pediatric_only:
         sources += sorted((data / "hannover-covid" / "images").glob("*.png"))
         sources += sorted((data / "covid-chestxray" / "images").glob("*.jpg"))
+    if args.pretraining_images is not None:
+        if not 0 < args.pretraining_images <= len(sources):
+            sys.exit(f"--pretraining-images {args.pretraining_images}: pick 1 to {len(sources)} (the images there are)")
+        keep = np.random.default_rng(args.seed).choice(len(sources), args.pretraining_images, replace=False)
+        sources = [sources[i] for i in np.sort(keep)]
     pretrain_folder, run_folder = output / "pretrain_images", output / "pretrain"
     if args.score_only:
         if not (run_folder / "summary.json").is_file():
@@ -378,6 +391,7 @@ def main() -> None:
             "config": args.config,
             "set": args.set,
             "pediatric_only": args.pediatric_only,
+            "pretraining_images": args.pretraining_images,
             "task": args.task,
             "finetune_epochs": args.finetune_epochs,
             "score_only": args.score_only,

@@ -120,8 +120,13 @@ def read_run(folder: Path, reference: dict[str, object], epoch_length: int) -> d
         return None
     recipe = yaml.safe_load(recipe_file.read_text(encoding="utf-8"))
     change, iterations = change_of(recipe, reference, epoch_length)
-    if result.get("command", {}).get("pediatric_only"):  # a data change, which recipe.yaml does not show
+    # Data changes, which recipe.yaml (its data sources are per-run) does not show.
+    command = result.get("command", {})
+    if command.get("pediatric_only"):
         change = f"{'' if change == RECIPE else change + ', '}pretrained on probe-train pediatric images only"
+    if command.get("pretraining_images"):
+        change = f"{'' if change == RECIPE else change + ', '}pretrained on a random {command['pretraining_images']}"
+        change += " of the images"
     records = read_records(folder / "pretrain" / METRICS_FILENAME)
     final_step = result["pretraining"]["step"]
     if final_step < iterations:  # the time cap ended it before its schedule did: not the recipe, whatever it set

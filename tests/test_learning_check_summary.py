@@ -192,3 +192,18 @@ def test_pretraining_on_pediatric_images_only_is_a_change(summary, tmp_path):
     assert rows["pedonly_0"]["change"] == "pretrained on probe-train pediatric images only"
     (pedonly,) = summary.paired_differences(list(rows.values()))["pretrained on probe-train pediatric images only"]
     assert pedonly["probe_accuracy"] == pytest.approx(0.74 - 0.70)
+
+
+def test_pretraining_on_a_random_subset_is_a_change(summary, tmp_path):
+    """`--pretraining-images N` is named with its count, so that runs of the same count pair with each other."""
+    make_run(tmp_path, "recipe_0", 0, [], probe=0.70, knn=0.60, dino_values=[4.0])
+    make_run(tmp_path, "half_0", 0, [], 0.66, 0.58, [4.3], command={"pretraining_images": 540})
+    make_run(
+        tmp_path, "half_noflip_0", 0, ["crops.flip_probability=0"], 0.6, 0.6, [4.3], command={"pretraining_images": 540}
+    )
+    rows = read_all(summary, tmp_path)
+
+    assert rows["half_0"]["change"] == "pretrained on a random 540 of the images"
+    assert rows["half_noflip_0"]["change"] == "crops.flip_probability=0.0, pretrained on a random 540 of the images"
+    (half,) = summary.paired_differences(list(rows.values()))["pretrained on a random 540 of the images"]
+    assert half["probe_accuracy"] == pytest.approx(0.66 - 0.70)
