@@ -2,7 +2,8 @@
 
 1. Split the pediatric pneumonia set (normal / bacterial / viral) by patient into probe-train and probe-val.
 2. Pretrain (train_pretrain's recipe, configs/cpu_small.yaml by default) on the probe-train pediatric images plus
-   the adult sets (hannover-covid, covid-chestxray), never on probe-val images.
+   the adult sets (hannover-covid, covid-chestxray), never on probe-val images. `--pediatric-only` leaves the adult
+   sets out; `--pretraining-images N` keeps a random N of all these, to tell the number of images from their source.
 3. Encode all pediatric images with the exported teacher, its student (last checkpoint) and the same architecture
    at random init.
 4. Score on probe-val, accuracy and macro AUROC with 95 % bootstrap intervals, same split for every row:

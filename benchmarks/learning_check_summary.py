@@ -48,6 +48,7 @@ PER_RUN_FIELDS = {
     "train.seed",
 }
 RECIPE = "recipe"  # the change of a run that changes nothing
+PEDIATRIC_SIZED = "half (as many as the probe-train pediatric images)"
 SEED_YARDSTICK = "recipe, another pretraining seed"
 LAST_ITERATIONS = 200  # the DINO term and its MI are averaged over the last iterations: single steps are noisy
 COLUMNS = [
@@ -124,9 +125,11 @@ def read_run(folder: Path, reference: dict[str, object], epoch_length: int) -> d
     command = result.get("command", {})
     if command.get("pediatric_only"):
         change = f"{'' if change == RECIPE else change + ', '}pretrained on probe-train pediatric images only"
-    if command.get("pretraining_images"):
-        change = f"{'' if change == RECIPE else change + ', '}pretrained on a random {command['pretraining_images']}"
-        change += " of the images"
+    if kept := command.get("pretraining_images"):
+        # As many as --pediatric-only keeps, which differs by split: named alike so that the splits pair together.
+        matched = kept == result.get("split", {}).get("probe_train")
+        subset = f"a random {PEDIATRIC_SIZED}" if matched else f"a random {kept}"
+        change = f"{'' if change == RECIPE else change + ', '}pretrained on {subset} of the images"
     records = read_records(folder / "pretrain" / METRICS_FILENAME)
     final_step = result["pretraining"]["step"]
     if final_step < iterations:  # the time cap ended it before its schedule did: not the recipe, whatever it set

@@ -22,7 +22,19 @@ def summary():
     return module
 
 
-def make_run(root, name, split, overrides, probe, knn, dino_values, iterations=3600, stopped_at=None, command=None):
+def make_run(
+    root,
+    name,
+    split,
+    overrides,
+    probe,
+    knn,
+    dino_values,
+    iterations=3600,
+    stopped_at=None,
+    command=None,
+    split_sizes=None,
+):
     """A finished learning check as learning_check.py leaves it: the scores, the resolved recipe and the metrics."""
     from rad_dino_hf.recipe import RecipeConfig, apply_overrides
 
@@ -52,6 +64,8 @@ def make_run(root, name, split, overrides, probe, knn, dino_values, iterations=3
     pretraining = {"step": stopped_at or iterations}
     command = {"task": "cxr"} | (command or {})
     result = {"seed": split, "command": command, "pretraining": pretraining, "results": scores}
+    if split_sizes:
+        result["split"] = split_sizes
     (folder / "learning_check.json").write_text(json.dumps(result))
     return folder
 
@@ -195,15 +209,28 @@ def test_pretraining_on_pediatric_images_only_is_a_change(summary, tmp_path):
 
 
 def test_pretraining_on_a_random_subset_is_a_change(summary, tmp_path):
-    """`--pretraining-images N` is named with its count, so that runs of the same count pair with each other."""
+    """`--pretraining-images N` is named with its count, or as the pediatric-sized half when N is the probe-train
+    count (which differs by split), so that those runs pair as one change across splits."""
     make_run(tmp_path, "recipe_0", 0, [], probe=0.70, knn=0.60, dino_values=[4.0])
-    make_run(tmp_path, "half_0", 0, [], 0.66, 0.58, [4.3], command={"pretraining_images": 540})
+    make_run(tmp_path, "recipe_1", 1, [], probe=0.68, knn=0.60, dino_values=[4.0])
+    sized = {"pretraining_images": 540}
+    make_run(tmp_path, "half_0", 0, [], 0.66, 0.58, [4.3], command=sized, split_sizes={"probe_train": 540})
     make_run(
-        tmp_path, "half_noflip_0", 0, ["crops.flip_probability=0"], 0.6, 0.6, [4.3], command={"pretraining_images": 540}
+        tmp_path,
+        "half_1",
+        1,
+        [],
+        0.65,
+        0.58,
+        [4.3],
+        command={"pretraining_images": 552},
+        split_sizes={"probe_train": 552},
     )
+    make_run(tmp_path, "n300_0", 0, ["crops.flip_probability=0"], 0.6, 0.6, [4.3], command={"pretraining_images": 300})
     rows = read_all(summary, tmp_path)
 
-    assert rows["half_0"]["change"] == "pretrained on a random 540 of the images"
-    assert rows["half_noflip_0"]["change"] == "crops.flip_probability=0.0, pretrained on a random 540 of the images"
-    (half,) = summary.paired_differences(list(rows.values()))["pretrained on a random 540 of the images"]
-    assert half["probe_accuracy"] == pytest.approx(0.66 - 0.70)
+    half = "pretrained on a random half (as many as the probe-train pediatric images) of the images"
+    assert rows["half_0"]["change"] == rows["half_1"]["change"] == half
+    assert rows["n300_0"]["change"] == "crops.flip_probability=0.0, pretrained on a random 300 of the images"
+    differences = summary.paired_differences(list(rows.values()))[half]
+    assert sorted(d["probe_accuracy"] for d in differences) == pytest.approx([0.66 - 0.70, 0.65 - 0.68])
