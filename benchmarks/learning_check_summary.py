@@ -127,7 +127,7 @@ def read_run(folder: Path, reference: dict[str, object], epoch_length: int) -> d
         change = f"{'' if change == RECIPE else change + ', '}pretrained on probe-train pediatric images only"
     if kept := command.get("pretraining_images"):
         # As many as --pediatric-only keeps, which differs by split: named alike so that the splits pair together.
-        matched = kept == result.get("split", {}).get("probe_train")
+        matched = not command.get("pediatric_only") and kept == result.get("split", {}).get("probe_train")
         subset = f"a random {PEDIATRIC_SIZED}" if matched else f"a random {kept}"
         change = f"{'' if change == RECIPE else change + ', '}pretrained on {subset} of the images"
     records = read_records(folder / "pretrain" / METRICS_FILENAME)
