@@ -106,6 +106,11 @@ def change_of(run_recipe: dict, reference: dict[str, object], epoch_length: int)
     return (", ".join(parts) or RECIPE), iterations
 
 
+def with_part(change: str, part: str) -> str:
+    """The change with one more part: the recipe plus a part is just that part."""
+    return part if change == RECIPE else f"{change}, {part}"
+
+
 def last_mean(records: list[dict], key: str, final_step: int) -> float:
     values = [r[key] for r in records if key in r and r.get("step", 0) > final_step - LAST_ITERATIONS]
     return statistics.mean(values) if values else math.nan
@@ -124,16 +129,16 @@ def read_run(folder: Path, reference: dict[str, object], epoch_length: int) -> d
     # Data changes, which recipe.yaml (its data sources are per-run) does not show.
     command = result.get("command", {})
     if command.get("pediatric_only"):
-        change = f"{'' if change == RECIPE else change + ', '}pretrained on probe-train pediatric images only"
+        change = with_part(change, "pretrained on probe-train pediatric images only")
     if kept := command.get("pretraining_images"):
         # As many as --pediatric-only keeps, which differs by split: named alike so that the splits pair together.
         matched = not command.get("pediatric_only") and kept == result.get("split", {}).get("probe_train")
         subset = f"a random {PEDIATRIC_SIZED}" if matched else f"a random {kept}"
-        change = f"{'' if change == RECIPE else change + ', '}pretrained on {subset} of the images"
+        change = with_part(change, f"pretrained on {subset} of the images")
     records = read_records(folder / "pretrain" / METRICS_FILENAME)
     final_step = result["pretraining"]["step"]
     if final_step < iterations:  # the time cap ended it before its schedule did: not the recipe, whatever it set
-        change = f"{'' if change == RECIPE else change + ', '}stopped by the time cap at {final_step} of {iterations}"
+        change = with_part(change, f"stopped by the time cap at {final_step} of {iterations}")
     rows = result["results"]
     missing = {"accuracy": math.nan, "accuracy_ci": [math.nan, math.nan], "auroc": math.nan}
     probe = rows["pretrained (linear probe)"]

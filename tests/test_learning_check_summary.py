@@ -213,19 +213,9 @@ def test_pretraining_on_a_random_subset_is_a_change(summary, tmp_path):
     count (which differs by split), so that those runs pair as one change across splits."""
     make_run(tmp_path, "recipe_0", 0, [], probe=0.70, knn=0.60, dino_values=[4.0])
     make_run(tmp_path, "recipe_1", 1, [], probe=0.68, knn=0.60, dino_values=[4.0])
-    sized = {"pretraining_images": 540}
-    make_run(tmp_path, "half_0", 0, [], 0.66, 0.58, [4.3], command=sized, split_sizes={"probe_train": 540})
-    make_run(
-        tmp_path,
-        "half_1",
-        1,
-        [],
-        0.65,
-        0.58,
-        [4.3],
-        command={"pretraining_images": 552},
-        split_sizes={"probe_train": 552},
-    )
+    for split, probe, kept in ((0, 0.66, 540), (1, 0.65, 552)):
+        command, sizes = {"pretraining_images": kept}, {"probe_train": kept}
+        make_run(tmp_path, f"half_{split}", split, [], probe, 0.58, [4.3], command=command, split_sizes=sizes)
     make_run(tmp_path, "n300_0", 0, ["crops.flip_probability=0"], 0.6, 0.6, [4.3], command={"pretraining_images": 300})
     rows = read_all(summary, tmp_path)
 
