@@ -3,7 +3,8 @@
 1. Split the pediatric pneumonia set (normal / bacterial / viral) by patient into probe-train and probe-val.
 2. Pretrain (train_pretrain's recipe, configs/cpu_small.yaml by default) on the probe-train pediatric images plus
    the adult sets (hannover-covid, covid-chestxray), never on probe-val images. `--pediatric-only` leaves the adult
-   sets out; `--pretraining-images N` keeps a random N of all these, to tell the number of images from their source.
+   sets out; `--pretraining-images N` keeps a random N of all these, to tell the number of images from their source,
+   and `--pretraining-fraction F` a random share F of them, the same share on every split.
 3. Encode all pediatric images with the exported teacher, its student (last checkpoint) and the same architecture
    at random init.
 4. Score on probe-val, accuracy and macro AUROC with 95 % bootstrap intervals, same split for every row:
@@ -230,13 +231,22 @@ def main() -> None:
     parser.add_argument(
         "--pediatric-only", action="store_true", help="pretrain on probe-train pediatric images only (no adult sets)"
     )
-    parser.add_argument(
+    subset = parser.add_mutually_exclusive_group()
+    subset.add_argument(
         "--pretraining-images",
         type=int,
         default=None,
         metavar="N",
         help="pretrain on a random N of the pretraining images (drawn with --seed; the probe split is unchanged): "
         "with N equal to --pediatric-only's count, it tells the number of images from where they come from",
+    )
+    subset.add_argument(
+        "--pretraining-fraction",
+        type=float,
+        default=None,
+        metavar="F",
+        help="pretrain on a random fraction F (0 < F <= 1) of the pretraining images, rounded (drawn with --seed; "
+        "the probe split is unchanged): the same share on every split, for a curve of the probe against data",
     )
     parser.add_argument(
         "--eval-size",
@@ -269,6 +279,10 @@ def main() -> None:
     if args.task == "cxr" and not args.pediatric_only:
         sources += sorted((data / "hannover-covid" / "images").glob("*.png"))
         sources += sorted((data / "covid-chestxray" / "images").glob("*.jpg"))
+    if args.pretraining_fraction is not None:
+        if not 0 < args.pretraining_fraction <= 1:
+            sys.exit(f"--pretraining-fraction {args.pretraining_fraction}: pick a share above 0 and at most 1")
+        args.pretraining_images = max(1, round(args.pretraining_fraction * len(sources)))
     if args.pretraining_images is not None:
         if not 0 < args.pretraining_images <= len(sources):
             sys.exit(f"--pretraining-images {args.pretraining_images}: pick 1 to {len(sources)} (the images there are)")
@@ -393,6 +407,7 @@ def main() -> None:
             "set": args.set,
             "pediatric_only": args.pediatric_only,
             "pretraining_images": args.pretraining_images,
+            "pretraining_fraction": args.pretraining_fraction,
             "task": args.task,
             "finetune_epochs": args.finetune_epochs,
             "score_only": args.score_only,

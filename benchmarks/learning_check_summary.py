@@ -9,9 +9,14 @@ another `train.seed`, paired the same way.
 
 Prints, per change, the paired differences in linear-probe accuracy, k-NN accuracy on CLS and the DINO term (mean
 over the last 200 iterations), with the mean and its 95 % t interval; writes every run's row to `--csv` and the
-paired differences to `--plot`. Run folders do not outlive a checkout, so the rows of earlier runs come from
-`--previous` (the table in the repository, `benchmarks/learning_check_runs.csv`); a run folder replaces the row of
-the same name. Copy the written table and plot over the repository's after new runs.
+paired differences to `--plot`. The runs that change only the pretraining images (`learning_check.py
+--pediatric-only`, `--pretraining-images`, `--pretraining-fraction`) and the recipe's own runs also give a data
+curve: the probe's margin over the 8 x 8 raw-pixel probe and k-NN on CLS against the number of pretraining images,
+with a least-squares line in log2(images) within splits (`--data-plot`; its slope per doubling is printed).
+
+Run folders do not outlive a checkout, so the rows of earlier runs come from `--previous` (the table in the
+repository, `benchmarks/learning_check_runs.csv`); a run folder replaces the row of the same name. Copy the written
+table and plots over the repository's after new runs.
 
     python benchmarks/learning_check_summary.py                           # outputs/learning_check/* + the table
     python benchmarks/learning_check_summary.py --runs /nonexistent --plot /tmp/levers.png   # the table alone
@@ -28,13 +33,14 @@ import textwrap
 from collections import Counter, defaultdict
 from pathlib import Path
 
+import numpy as np
 import yaml
 from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rad_dino_hf.errors import UserError, reported_user_errors  # noqa: E402
-from rad_dino_hf.plots import plot_paired_differences  # noqa: E402
+from rad_dino_hf.plots import plot_against_size, plot_paired_differences  # noqa: E402
 from rad_dino_hf.recipe import RecipeConfig  # noqa: E402
 from rad_dino_hf.run_log import METRICS_FILENAME, read_records  # noqa: E402
 
@@ -49,7 +55,10 @@ PER_RUN_FIELDS = {
 }
 RECIPE = "recipe"  # the change of a run that changes nothing
 PEDIATRIC_SIZED = "half (as many as the probe-train pediatric images)"
+DATA_PART = "pretrained on "  # how the change of a run with other pretraining images begins (read_run)
+PEDIATRIC_ONLY = f"{DATA_PART}probe-train pediatric images only"
 SEED_YARDSTICK = "recipe, another pretraining seed"
+KNN_TARGET = 0.70  # issue #11's bar for k-NN on CLS
 LAST_ITERATIONS = 200  # the DINO term and its MI are averaged over the last iterations: single steps are noisy
 COLUMNS = [
     "run",
@@ -57,6 +66,7 @@ COLUMNS = [
     "pretraining_seed",
     "change",
     "iterations",
+    "pretraining_images",
     "probe_accuracy",
     "probe_ci_low",
     "probe_ci_high",
@@ -129,12 +139,15 @@ def read_run(folder: Path, reference: dict[str, object], epoch_length: int) -> d
     # Data changes, which recipe.yaml (its data sources are per-run) does not show.
     command = result.get("command", {})
     if command.get("pediatric_only"):
-        change = with_part(change, "pretrained on probe-train pediatric images only")
-    if kept := command.get("pretraining_images"):
+        change = with_part(change, PEDIATRIC_ONLY)
+    if share := command.get("pretraining_fraction"):
+        # The count differs by split; the share does not, so the splits pair together.
+        change = with_part(change, f"{DATA_PART}a random {100 * share:g} % of the images")
+    elif kept := command.get("pretraining_images"):
         # As many as --pediatric-only keeps, which differs by split: named alike so that the splits pair together.
         matched = not command.get("pediatric_only") and kept == result.get("split", {}).get("probe_train")
         subset = f"a random {PEDIATRIC_SIZED}" if matched else f"a random {kept}"
-        change = with_part(change, f"pretrained on {subset} of the images")
+        change = with_part(change, f"{DATA_PART}{subset} of the images")
     records = read_records(folder / "pretrain" / METRICS_FILENAME)
     final_step = result["pretraining"]["step"]
     if final_step < iterations:  # the time cap ended it before its schedule did: not the recipe, whatever it set
@@ -150,6 +163,7 @@ def read_run(folder: Path, reference: dict[str, object], epoch_length: int) -> d
         "pretraining_seed": recipe["train"]["seed"],
         "change": change,
         "iterations": iterations,
+        "pretraining_images": result["pretraining"]["images"],
         "probe_accuracy": probe["accuracy"],
         "probe_ci_low": probe["accuracy_ci"][0],
         "probe_ci_high": probe["accuracy_ci"][1],
@@ -169,7 +183,8 @@ def read_csv(path: Path) -> list[dict]:
     for row in rows:
         for key in COLUMNS:
             if key not in ("run", "change"):
-                row[key] = float(row[key]) if key not in ("split", "pretraining_seed", "iterations") else int(row[key])
+                integer = key in ("split", "pretraining_seed", "iterations", "pretraining_images")
+                row[key] = int(row[key]) if integer else float(row[key])
     return rows
 
 
@@ -280,6 +295,66 @@ def plot(paired: dict[str, list[dict]], path: Path) -> Path:
     )
 
 
+def data_curve(rows: list[dict]) -> list[dict]:
+    """The runs that change nothing but the pretraining images, and the recipe's own: per run its images, split,
+    whether they were the pediatric ones alone, its linear probe minus the 8 x 8 raw-pixel probe on its split (in
+    points; above 0 it beats the baseline) and its k-NN accuracy on CLS."""
+    return [
+        {
+            "images": row["pretraining_images"],
+            "split": row["split"],
+            "pediatric_only": row["change"] == PEDIATRIC_ONLY,
+            "over_raw_pixels": 100 * (row["probe_accuracy"] - row["raw_pixels_accuracy"]),
+            "knn_accuracy": row["knn_accuracy"],
+        }
+        for row in rows
+        if row["change"] == RECIPE or (row["change"].startswith(DATA_PART) and ", " not in row["change"])
+    ]
+
+
+def per_doubling(images: list[float], values: list[float], splits: list[int]) -> dict | None:
+    """Least squares of `values` on log2(`images`) within splits (a level per split, one common slope: splits differ
+    in how hard their probe-val images are): the slope per doubling with its 95 % t interval, the average run's
+    line (`intercept` at one image) and where that line reaches 0 (nan unless it rises to it). None when no split
+    has runs of two sizes or no degree of freedom is left for the interval."""
+    x, y, group = np.log2(images), np.asarray(values, dtype=float), np.asarray(splits)
+    levels = sorted(set(splits))
+    dx, dy = x.copy(), y.copy()
+    for level in levels:  # each split's own mean taken out: what is left is the change within a split
+        dx[group == level] -= x[group == level].mean()
+        dy[group == level] -= y[group == level].mean()
+    freedom = len(y) - len(levels) - 1
+    if freedom < 1 or not np.any(np.abs(dx) > 1e-9):
+        return None
+    slope = float(dx @ dy / (dx @ dx))
+    stderr = math.sqrt(float(np.sum((dy - slope * dx) ** 2)) / freedom / float(dx @ dx))
+    half = stats.t.ppf(0.975, freedom) * stderr
+    intercept = float(y.mean() - slope * x.mean())
+    zero_at = 2 ** (-intercept / slope) if slope > 0 else math.nan
+    return {"slope": slope, "low": slope - half, "high": slope + half, "intercept": intercept, "zero_at": zero_at}
+
+
+def plot_data_curve(points: list[dict], path: Path) -> tuple[dict | None, Path]:
+    """The probe's margin over raw pixels and k-NN on CLS against the pretraining images, with the margin's fit."""
+    fit = per_doubling(*([p[key] for p in points] for key in ("images", "over_raw_pixels", "split")))
+    dots = {
+        key: [(p["images"], p[key], p["split"], p["pediatric_only"]) for p in points]
+        for key in ("over_raw_pixels", "knn_accuracy")
+    }
+    picture = plot_against_size(
+        [
+            ("linear probe minus raw pixels 8 x 8, same split (points)", dots["over_raw_pixels"], (0, "raw pixels")),
+            ("k-NN on CLS, accuracy", dots["knn_accuracy"], (KNN_TARGET, f"target {KNN_TARGET}")),
+        ],
+        [None if fit is None else (fit["slope"], fit["intercept"]), None],
+        x_label="pretraining images (a random subset, or all)",
+        group_name="split",
+        hollow_name="probe-train pediatric images only",
+        path=path,
+    )
+    return fit, picture
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -300,6 +375,13 @@ def main() -> None:
         type=Path,
         default=REPO / "outputs" / "learning_check_changes.png",
         help="where to draw the paired differences (PNG)",
+    )
+    parser.add_argument(
+        "--data-plot",
+        type=Path,
+        default=REPO / "outputs" / "learning_check_data.png",
+        help="where to draw the probe's margin over raw pixels and k-NN against the number of pretraining images "
+        "(PNG), from the runs that change only those",
     )
     parser.add_argument(
         "--previous",
@@ -339,6 +421,15 @@ def main() -> None:
             raise UserError("no run has an unchanged-recipe run on its split and pretraining seed to pair with")
         print_table(paired)
         print(f"plot -> {plot(paired, args.plot)}")
+        if points := data_curve(rows):
+            fit, picture = plot_data_curve(points, args.data_plot)
+            if fit is not None:
+                print(
+                    f"\nLinear probe minus raw pixels against log2(pretraining images), {len(points)} runs, within "
+                    f"splits: {fit['slope']:+.1f} points per doubling (95 % t interval {fit['low']:+.1f} to "
+                    f"{fit['high']:+.1f}); the line reaches 0 at about {fit['zero_at']:,.0f} images"
+                )
+            print(f"data curve -> {picture}")
 
 
 if __name__ == "__main__":

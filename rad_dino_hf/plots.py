@@ -1,6 +1,6 @@
 """Figures as PNG files: what the encoder sees (patch PCA, CLS attention), training curves, paired differences
-between runs, and downstream evaluation (ROC curves, confusion matrices, regression scatter plots, segmentation
-overlays)."""
+between runs, a value against a size (log2 axis), and downstream evaluation (ROC curves, confusion matrices,
+regression scatter plots, segmentation overlays)."""
 
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 from sklearn.metrics import confusion_matrix as sklearn_confusion_matrix  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
@@ -155,6 +156,11 @@ def plot_loss_curves(
     return save_figure(figure, path)
 
 
+def group_handles(colours, groups: Sequence[int], group_name: str) -> list[plt.Line2D]:
+    """Legend entries for dots coloured by group: `<group_name> <group>` in the group's colour."""
+    return [plt.Line2D([], [], marker="o", linestyle="", color=colours(g), label=f"{group_name} {g}") for g in groups]
+
+
 def plot_paired_differences(
     labels: Sequence[str],
     panels: Sequence[tuple[str, Sequence[Sequence[tuple[float, int]]], Sequence[tuple[float, float, float] | None]]],
@@ -204,9 +210,7 @@ def plot_paired_differences(
     axes[0][0].set_yticks(positions)
     axes[0][0].set_yticklabels(labels, fontsize=8)
     axes[0][0].set_ylim(-0.7, sum(heights) - 0.3)
-    handles = [
-        plt.Line2D([], [], marker="o", linestyle="", color=colours(g), label=f"{group_name} {g}") for g in groups
-    ]
+    handles = group_handles(colours, groups, group_name)
     handles.append(
         plt.Line2D([], [], marker="|", linestyle="", color="black", markersize=12, label="mean (95 % t interval)")
     )
@@ -214,6 +218,46 @@ def plot_paired_differences(
         handles.append(Patch(color="0.9", label=shaded_name))
     figure.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
     figure.tight_layout(rect=(0, 0.05, 1, 1))
+    return save_figure(figure, path)
+
+
+def plot_against_size(
+    panels: Sequence[tuple[str, Sequence[tuple[float, float, int, bool]], tuple[float, str] | None]],
+    fits: Sequence[tuple[float, float] | None],
+    x_label: str,
+    group_name: str,
+    hollow_name: str,
+    path: str | Path,
+) -> Path:
+    """A value against a size on a log2 axis, one panel per `(title, points, reference)`: `points` are `(size, value,
+    group, hollow)` dots coloured by group (hollow ones are the kind `hollow_name` names), `reference` a `(value,
+    label)` horizontal line; `fits[i]` a `(slope per doubling, intercept at size 1)` line drawn over panel i."""
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False)
+    colours = plt.get_cmap("tab10")
+    groups = sorted({group for _, points, _ in panels for _, _, group, _ in points})
+    for axis, (title, points, reference), fit in zip(axes[0], panels, fits):
+        for size, value, group, hollow in points:
+            face = "none" if hollow else colours(group)
+            axis.plot(size, value, "o", markeredgecolor=colours(group), markerfacecolor=face, alpha=0.8, markersize=6)
+        if reference is not None:
+            axis.axhline(reference[0], color="0.3", linestyle="--", linewidth=0.9, label=reference[1])
+            axis.legend(fontsize=7, loc="lower right", frameon=False)
+        if fit is not None:
+            sizes = np.array([min(p[0] for p in points), max(p[0] for p in points)])
+            axis.plot(sizes, fit[1] + fit[0] * np.log2(sizes), color="black", linewidth=1, alpha=0.7)
+        axis.set_xscale("log", base=2)
+        sizes = [size for size, _, _, _ in points]
+        axis.set_xlim(min(sizes) / 1.25, max(sizes) * 1.25)  # wide enough for a power-of-2 tick on either side
+        axis.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
+        axis.set_title(title, fontsize=9)
+        axis.set_xlabel(x_label, fontsize=8)
+        axis.tick_params(labelsize=7)
+        axis.grid(alpha=0.3)
+    handles = group_handles(colours, groups, group_name)
+    handles.append(plt.Line2D([], [], marker="o", linestyle="", markerfacecolor="none", color="0.3", label=hollow_name))
+    handles.append(plt.Line2D([], [], color="black", linewidth=1, alpha=0.7, label="least squares in log2(size)"))
+    figure.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    figure.tight_layout(rect=(0, 0.08, 1, 1))
     return save_figure(figure, path)
 
 

@@ -5,7 +5,9 @@ import json
 import math
 import sys
 
+import numpy as np
 import pytest
+from scipy import stats as scipy_stats
 
 from conftest import REPO_ROOT
 
@@ -34,6 +36,7 @@ def make_run(
     stopped_at=None,
     command=None,
     split_sizes=None,
+    images=1043,
 ):
     """A finished learning check as learning_check.py leaves it: the scores, the resolved recipe and the metrics."""
     from rad_dino_hf.recipe import RecipeConfig, apply_overrides
@@ -61,7 +64,7 @@ def make_run(
         "raw pixels 10x10 (linear probe)": {"accuracy": 0.79, "accuracy_ci": [0.72, 0.85], "auroc": 0.92},
         "pretrained (k-NN on CLS)": {"accuracy": knn, "accuracy_ci": [knn - 0.05, knn + 0.05], "auroc": 0.85},
     }
-    pretraining = {"step": stopped_at or iterations}
+    pretraining = {"step": stopped_at or iterations, "images": images}
     command = {"task": "cxr"} | (command or {})
     result = {"seed": split, "command": command, "pretraining": pretraining, "results": scores}
     if split_sizes:
@@ -151,6 +154,7 @@ def test_mean_interval_against_the_t_formula(summary):
 def test_table_round_trips_and_plots(summary, runs, tmp_path, monkeypatch, capsys):
     table, picture = tmp_path / "out" / "runs.csv", tmp_path / "out" / "changes.png"
     argv = ["summary", "--runs", str(runs), "--csv", str(table), "--plot", str(picture), "--no-previous"]
+    argv += ["--data-plot", str(tmp_path / "out" / "data.png")]
     monkeypatch.setattr(sys, "argv", argv)
     summary.main()
     printed = capsys.readouterr().out
@@ -158,6 +162,7 @@ def test_table_round_trips_and_plots(summary, runs, tmp_path, monkeypatch, capsy
     assert "| crops.flip_probability=0.0 | 1 | -4.0; -4.0 | +12.0; +12.0 | -0.50; -0.50 |" in printed
     assert f"| {summary.SEED_YARDSTICK} | 1 | range -5.0 to -5.0; -5.0 | range +2.0 to +2.0; +2.0 |" in printed
     assert picture.stat().st_size > 10_000
+    assert (tmp_path / "out" / "data.png").stat().st_size > 10_000  # the two recipe runs: dots, no line
     assert summary.read_csv(table) == sorted(read_all(summary, runs).values(), key=lambda r: r["run"])
 
 
@@ -173,6 +178,7 @@ def test_earlier_runs_come_from_the_previous_table_and_folders_win(summary, runs
         writer.writeheader()
         writer.writerows([gone, stale])
     argv = ["summary", "--runs", str(runs), "--csv", str(merged), "--plot", str(tmp_path / "p.png")]
+    argv += ["--data-plot", str(tmp_path / "data.png")]
     monkeypatch.setattr(sys, "argv", [*argv, "--previous", str(previous)])
     summary.main()
 
@@ -224,3 +230,65 @@ def test_pretraining_on_a_random_subset_is_a_change(summary, tmp_path):
     assert rows["n300_0"]["change"] == "crops.flip_probability=0.0, pretrained on a random 300 of the images"
     differences = summary.paired_differences(list(rows.values()))[half]
     assert sorted(d["probe_accuracy"] for d in differences) == pytest.approx([0.66 - 0.70, 0.65 - 0.68])
+
+
+def test_pretraining_on_a_random_share_is_named_by_the_share(summary, tmp_path):
+    """`--pretraining-fraction F` keeps a different count on every split (their image totals differ): the run is
+    named by its share, so the splits pair as one change, and a share also given as a count is named once."""
+    for split, probe in ((0, 0.70), (1, 0.68)):
+        make_run(tmp_path, f"recipe_{split}", split, [], probe=probe, knn=0.60, dino_values=[4.0])
+    for split, probe, kept in ((0, 0.61, 261), (1, 0.64, 264)):
+        command = {"pretraining_fraction": 0.25, "pretraining_images": kept}
+        make_run(tmp_path, f"quarter_{split}", split, [], probe, 0.55, [4.4], command=command)
+    rows = read_all(summary, tmp_path)
+
+    quarter = "pretrained on a random 25 % of the images"
+    assert rows["quarter_0"]["change"] == rows["quarter_1"]["change"] == quarter
+    differences = summary.paired_differences(list(rows.values()))[quarter]
+    assert sorted(d["probe_accuracy"] for d in differences) == pytest.approx([0.61 - 0.70, 0.64 - 0.68])
+
+
+def test_slope_per_doubling_equals_least_squares_with_a_level_per_split(summary):
+    """Within-split slope of a value on log2(images) and its 95 % interval, against ordinary least squares with one
+    indicator column per split (numpy's lstsq and the textbook standard error)."""
+    rng = np.random.default_rng(0)
+    images = np.array([256, 512, 1024, 1024, 261, 522, 1043, 1043, 264, 1055])
+    splits = np.array([0, 0, 0, 0, 1, 1, 1, 1, 2, 2])
+    values = np.array([-20.0, -10.0, -5.0])[splits] + 4.0 * np.log2(images) + rng.normal(0, 2.0, len(images))
+    fit = summary.per_doubling(list(images), list(values), list(splits))
+
+    design = np.column_stack([np.log2(images)] + [(splits == s).astype(float) for s in range(3)])
+    coefficients, residual, _, _ = np.linalg.lstsq(design, values, rcond=None)
+    freedom = len(values) - design.shape[1]
+    covariance = residual[0] / freedom * np.linalg.inv(design.T @ design)
+    half = scipy_stats.t.ppf(0.975, freedom) * math.sqrt(covariance[0, 0])
+    assert fit["slope"] == pytest.approx(coefficients[0])
+    assert (fit["low"], fit["high"]) == pytest.approx((coefficients[0] - half, coefficients[0] + half))
+    # The average run's line passes through the mean point and reaches 0 where the formula says.
+    assert fit["intercept"] + fit["slope"] * np.log2(images).mean() == pytest.approx(values.mean())
+    assert fit["zero_at"] == pytest.approx(2 ** (-fit["intercept"] / fit["slope"]))
+
+
+def test_no_slope_without_two_sizes_on_a_split(summary):
+    """Sizes that differ only between splits say nothing about the within-split slope."""
+    assert summary.per_doubling([1043, 1043, 1055, 1055], [-5.0, -7.0, -9.0, -8.0], [0, 0, 1, 1]) is None
+
+
+def test_the_data_curve_takes_the_recipe_and_data_only_runs(summary, tmp_path):
+    """Runs that change only the images join the recipe's runs on the curve; a run that also changes the recipe
+    does not. Its margin is over the raw-pixel probe of its own split."""
+    make_run(tmp_path, "recipe_0", 0, [], probe=0.70, knn=0.60, dino_values=[4.0])
+    make_run(tmp_path, "quarter_0", 0, [], 0.62, 0.58, [4.4], command={"pretraining_fraction": 0.25}, images=261)
+    make_run(tmp_path, "pedonly_0", 0, [], 0.64, 0.57, [4.6], command={"pediatric_only": True}, images=540)
+    make_run(tmp_path, "noflip_0", 0, ["crops.flip_probability=0"], 0.66, 0.72, [3.5])
+    command = {"pretraining_fraction": 0.25}
+    make_run(tmp_path, "noflip_quarter_0", 0, ["crops.flip_probability=0"], 0.6, 0.6, [4.0], command=command)
+    points = summary.data_curve(list(read_all(summary, tmp_path).values()))
+
+    by_size = {p["images"]: p for p in points}
+    assert sorted(by_size) == [261, 540, 1043]
+    assert by_size[261]["over_raw_pixels"] == pytest.approx(100 * (0.62 - 0.82))
+    assert by_size[540]["pediatric_only"] and not by_size[261]["pediatric_only"]
+    assert by_size[1043]["knn_accuracy"] == pytest.approx(0.60)
+    fit, picture = summary.plot_data_curve(points, tmp_path / "data.png")
+    assert fit["slope"] > 0 and picture.stat().st_size > 10_000
