@@ -315,8 +315,9 @@ def data_curve(rows: list[dict]) -> list[dict]:
 def per_doubling(images: list[float], values: list[float], splits: list[int]) -> dict | None:
     """Least squares of `values` on log2(`images`) within splits (a level per split, one common slope: splits differ
     in how hard their probe-val images are): the slope per doubling with its 95 % t interval, the average run's
-    line (`intercept` at one image) and where that line reaches 0 (nan unless it rises to it). None when no split
-    has runs of two sizes or no degree of freedom is left for the interval."""
+    line (`intercept` at one image) and where that line reaches 0 (nan unless the whole interval is above 0: a
+    slope that may be 0 says nothing about where). None when no split has runs of two sizes or no degree of freedom
+    is left for the interval."""
     x, y, group = np.log2(images), np.asarray(values, dtype=float), np.asarray(splits)
     levels = sorted(set(splits))
     dx, dy = x.copy(), y.copy()
@@ -330,7 +331,7 @@ def per_doubling(images: list[float], values: list[float], splits: list[int]) ->
     stderr = math.sqrt(float(np.sum((dy - slope * dx) ** 2)) / freedom / float(dx @ dx))
     half = stats.t.ppf(0.975, freedom) * stderr
     intercept = float(y.mean() - slope * x.mean())
-    zero_at = 2 ** (-intercept / slope) if slope > 0 else math.nan
+    zero_at = 2 ** (-intercept / slope) if slope - half > 0 else math.nan
     return {"slope": slope, "low": slope - half, "high": slope + half, "intercept": intercept, "zero_at": zero_at}
 
 
@@ -424,10 +425,15 @@ def main() -> None:
         if points := data_curve(rows):
             fit, picture = plot_data_curve(points, args.data_plot)
             if fit is not None:
+                crossing = (
+                    "the interval includes 0, so no crossing to extrapolate"
+                    if math.isnan(fit["zero_at"])
+                    else f"the line reaches 0 at about {fit['zero_at']:,.0f} images"
+                )
                 print(
                     f"\nLinear probe minus raw pixels against log2(pretraining images), {len(points)} runs, within "
                     f"splits: {fit['slope']:+.1f} points per doubling (95 % t interval {fit['low']:+.1f} to "
-                    f"{fit['high']:+.1f}); the line reaches 0 at about {fit['zero_at']:,.0f} images"
+                    f"{fit['high']:+.1f}); {crossing}"
                 )
             print(f"data curve -> {picture}")
 

@@ -266,7 +266,10 @@ def test_slope_per_doubling_equals_least_squares_with_a_level_per_split(summary)
     assert (fit["low"], fit["high"]) == pytest.approx((coefficients[0] - half, coefficients[0] + half))
     # The average run's line passes through the mean point and reaches 0 where the formula says.
     assert fit["intercept"] + fit["slope"] * np.log2(images).mean() == pytest.approx(values.mean())
-    assert fit["zero_at"] == pytest.approx(2 ** (-fit["intercept"] / fit["slope"]))
+    assert fit["low"] > 0 and fit["zero_at"] == pytest.approx(2 ** (-fit["intercept"] / fit["slope"]))
+    # A slope whose interval includes 0 gives no crossing.
+    flat = summary.per_doubling(list(images), list(values - 4.0 * np.log2(images)), list(splits))
+    assert flat["low"] < 0 < flat["high"] and math.isnan(flat["zero_at"])
 
 
 def test_no_slope_without_two_sizes_on_a_split(summary):
