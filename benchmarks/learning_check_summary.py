@@ -19,7 +19,8 @@ repository, `benchmarks/learning_check_runs.csv`); a run folder replaces the row
 table and plots over the repository's after new runs.
 
     python benchmarks/learning_check_summary.py                           # outputs/learning_check/* + the table
-    python benchmarks/learning_check_summary.py --runs /nonexistent --plot /tmp/levers.png   # the table alone
+    python benchmarks/learning_check_summary.py --runs /nonexistent --plot /tmp/levers.png \
+        --data-plot /tmp/data.png   # the table alone
 """
 
 import argparse
@@ -309,6 +310,7 @@ def data_curve(rows: list[dict]) -> list[dict]:
         }
         for row in rows
         if row["change"] == RECIPE or (row["change"].startswith(DATA_PART) and ", " not in row["change"])
+        if not math.isnan(row["raw_pixels_accuracy"])  # runs scored before the raw-pixel row existed
     ]
 
 
