@@ -242,12 +242,11 @@ def plot_against_size(
         if reference is not None:
             axis.axhline(reference[0], color="0.3", linestyle="--", linewidth=0.9, label=reference[1])
             axis.legend(fontsize=7, loc="lower right", frameon=False)
+        ends = np.array([min(size for size, _, _, _ in points), max(size for size, _, _, _ in points)])
         if fit is not None:
-            sizes = np.array([min(p[0] for p in points), max(p[0] for p in points)])
-            axis.plot(sizes, fit[1] + fit[0] * np.log2(sizes), color="black", linewidth=1, alpha=0.7)
+            axis.plot(ends, fit[1] + fit[0] * np.log2(ends), color="black", linewidth=1, alpha=0.7)
         axis.set_xscale("log", base=2)
-        sizes = [size for size, _, _, _ in points]
-        axis.set_xlim(min(sizes) / 1.25, max(sizes) * 1.25)  # wide enough for a power-of-2 tick on either side
+        axis.set_xlim(ends[0] / 1.25, ends[1] * 1.25)  # wide enough for a power-of-2 tick on either side
         axis.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
         axis.set_title(title, fontsize=9)
         axis.set_xlabel(x_label, fontsize=8)
@@ -255,7 +254,8 @@ def plot_against_size(
         axis.grid(alpha=0.3)
     handles = group_handles(colours, groups, group_name)
     handles.append(plt.Line2D([], [], marker="o", linestyle="", markerfacecolor="none", color="0.3", label=hollow_name))
-    handles.append(plt.Line2D([], [], color="black", linewidth=1, alpha=0.7, label="least squares in log2(size)"))
+    if any(fit is not None for fit in fits):  # no legend entry for a line drawn nowhere
+        handles.append(plt.Line2D([], [], color="black", linewidth=1, alpha=0.7, label="least squares in log2(size)"))
     figure.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
     figure.tight_layout(rect=(0, 0.08, 1, 1))
     return save_figure(figure, path)
