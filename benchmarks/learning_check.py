@@ -67,6 +67,7 @@ from rad_dino_hf.finetune import (  # noqa: E402
 from rad_dino_hf.knn import knn_classify  # noqa: E402
 from rad_dino_hf.metrics import classification_metrics  # noqa: E402
 from rad_dino_hf.probe import linear_probe  # noqa: E402
+from rad_dino_hf.rank import effective_rank  # noqa: E402
 from rad_dino_hf.recipe import RecipeConfig, apply_overrides  # noqa: E402
 from rad_dino_hf.run_log import METRICS_FILENAME, read_records  # noqa: E402
 from rad_dino_hf.tables import patient_split  # noqa: E402
@@ -419,6 +420,16 @@ def main() -> None:
         "end_of_training": training_end(Path(recipe.train.output_dir), recipe.dino.head_n_prototypes),
         "split": {"probe_train": len(train_index), "probe_val": len(val_index), "classes": classes},
         "results": results,
+        # How many directions the probe's features span over all the task's images (RankMe): a pretrained encoder
+        # whose features collapse onto a few directions gives the probe little to read, whatever its loss.
+        "effective_rank": {
+            name: {
+                "cls": effective_rank(features["cls"]),
+                "mean_patch": effective_rank(features["probe"][:, features["cls"].shape[1] :]),
+                "dimensions": features["cls"].shape[1],
+            }
+            for name, features in encoded.items()
+        },
     }
     report_file = output / (
         "learning_check.json" if args.eval_size is None else f"learning_check_{args.eval_size}px.json"
@@ -426,6 +437,8 @@ def main() -> None:
     report_file.write_text(json.dumps(report, indent=2))
     print(f"\nPretraining: {report['pretraining']}")
     print(f"End of training: {report['end_of_training']}")
+    ranks = ", ".join(f"{name} {r['cls']:.1f} / {r['mean_patch']:.1f}" for name, r in report["effective_rank"].items())
+    print(f"Effective rank (RankMe) of CLS / mean patch token, of {pretrained.config.hidden_size}: {ranks}")
     split = f"probe-train {len(train_index)} images, probe-val {len(val_index)} images"
     print(f"\nSeed {args.seed}, patient-held-out split: {split}")
     print("\n| features | accuracy (95% CI) | macro AUROC (95% CI) |")

@@ -78,6 +78,7 @@ COLUMNS = [
     "dino_last",
     "dino_mi_last",
     "ln_k",
+    "cls_effective_rank",
 ]
 DIFFERENCES = [
     ("probe_accuracy", "linear probe accuracy"),
@@ -175,6 +176,8 @@ def read_run(folder: Path, reference: dict[str, object], epoch_length: int) -> d
         "dino_last": last_mean(records, "loss/dino", final_step),
         "dino_mi_last": last_mean(records, "mi/dino", final_step),
         "ln_k": math.log(recipe["dino"]["head_n_prototypes"]),
+        # Runs scored before learning_check.py reported it have none.
+        "cls_effective_rank": result.get("effective_rank", {}).get("pretrained", {}).get("cls", math.nan),
     }
 
 
@@ -185,7 +188,8 @@ def read_csv(path: Path) -> list[dict]:
         for key in COLUMNS:
             if key not in ("run", "change"):
                 integer = key in ("split", "pretraining_seed", "iterations", "pretraining_images")
-                row[key] = int(row[key]) if integer else float(row[key])
+                # A table written before a column existed lacks it: not measured then.
+                row[key] = int(row[key]) if integer else float(row.get(key) or math.nan)
     return rows
 
 
@@ -314,27 +318,43 @@ def data_curve(rows: list[dict]) -> list[dict]:
     ]
 
 
-def per_doubling(images: list[float], values: list[float], splits: list[int]) -> dict | None:
-    """Least squares of `values` on log2(`images`) within splits (a level per split, one common slope: splits differ
-    in how hard their probe-val images are): the slope per doubling with its 95 % t interval, the average run's
-    line (`intercept` at one image) and where that line reaches 0 (nan unless the whole interval is above 0: a
-    slope that may be 0 says nothing about where). None when no split has runs of two sizes or no degree of freedom
-    is left for the interval."""
-    x, y, group = np.log2(images), np.asarray(values, dtype=float), np.asarray(splits)
-    levels = sorted(set(splits))
-    dx, dy = x.copy(), y.copy()
+def within_split_fit(x: np.ndarray, y: np.ndarray, splits: np.ndarray) -> dict | None:
+    """Least squares of `y` on `x` within splits (a level per split, one common slope: splits differ in how hard
+    their probe-val images are): the slope with its 95 % t interval and the average run's `intercept` at x = 0.
+    None when `x` does not vary within any split or no degree of freedom is left for the interval."""
+    levels = sorted(set(splits.tolist()))
+    dx, dy = x.astype(float), y.astype(float)
     for level in levels:  # each split's own mean taken out: what is left is the change within a split
-        dx[group == level] -= x[group == level].mean()
-        dy[group == level] -= y[group == level].mean()
+        dx[splits == level] -= x[splits == level].mean()
+        dy[splits == level] -= y[splits == level].mean()
     freedom = len(y) - len(levels) - 1
     if freedom < 1 or not np.any(np.abs(dx) > 1e-9):
         return None
     slope = float(dx @ dy / (dx @ dx))
     stderr = math.sqrt(float(np.sum((dy - slope * dx) ** 2)) / freedom / float(dx @ dx))
     half = stats.t.ppf(0.975, freedom) * stderr
-    intercept = float(y.mean() - slope * x.mean())
-    zero_at = 2 ** (-intercept / slope) if slope - half > 0 else math.nan
-    return {"slope": slope, "low": slope - half, "high": slope + half, "intercept": intercept, "zero_at": zero_at}
+    return {"slope": slope, "low": slope - half, "high": slope + half, "intercept": float(y.mean() - slope * x.mean())}
+
+
+def per_doubling(images: list[float], values: list[float], splits: list[int]) -> dict | None:
+    """`within_split_fit` of `values` on log2(`images`): the slope per doubling, the average run's line
+    (`intercept` at one image) and where that line reaches 0 (`zero_at`; nan unless the whole interval is above 0:
+    a slope that may be 0 says nothing about where)."""
+    fit = within_split_fit(np.log2(images), np.asarray(values, dtype=float), np.asarray(splits))
+    if fit is None:
+        return None
+    fit["zero_at"] = 2 ** (-fit["intercept"] / fit["slope"]) if fit["low"] > 0 else math.nan
+    return fit
+
+
+def rank_fit(rows: list[dict]) -> tuple[dict | None, int]:
+    """Linear-probe accuracy (points) against the effective rank of the CLS token (`within_split_fit`, per 10
+    dimensions), over the runs whose rank was measured; and how many those are."""
+    measured = [row for row in rows if not math.isnan(row["cls_effective_rank"])]
+    x, y, splits = (
+        np.array([row[key] for row in measured]) for key in ("cls_effective_rank", "probe_accuracy", "split")
+    )
+    return (within_split_fit(x / 10, 100 * y, splits) if measured else None), len(measured)
 
 
 def plot_data_curve(points: list[dict], path: Path) -> tuple[dict | None, Path]:
@@ -438,6 +458,13 @@ def main() -> None:
                     f"{fit['high']:+.1f}); {crossing}"
                 )
             print(f"data curve -> {picture}")
+        fit, measured = rank_fit(rows)
+        if fit is not None:
+            print(
+                f"\nLinear probe against the effective rank of CLS (RankMe), {measured} runs, within splits: "
+                f"{fit['slope']:+.1f} points per 10 dimensions (95 % t interval {fit['low']:+.1f} to "
+                f"{fit['high']:+.1f})"
+            )
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ def make_run(
     command=None,
     split_sizes=None,
     images=1043,
+    rank=40.0,
 ):
     """A finished learning check as learning_check.py leaves it: the scores, the resolved recipe and the metrics."""
     from rad_dino_hf.recipe import RecipeConfig, apply_overrides
@@ -67,6 +68,8 @@ def make_run(
     pretraining = {"step": stopped_at or iterations, "images": images}
     command = {"task": "cxr"} | (command or {})
     result = {"seed": split, "command": command, "pretraining": pretraining, "results": scores}
+    if rank is not None:  # runs scored before learning_check.py measured it have no effective_rank
+        result["effective_rank"] = {"pretrained": {"cls": rank, "mean_patch": rank / 2, "dimensions": 128}}
     if split_sizes:
         result["split"] = split_sizes
     (folder / "learning_check.json").write_text(json.dumps(result))
@@ -80,7 +83,7 @@ def runs(tmp_path):
     make_run(tmp_path, "noflip_0", 0, ["crops.flip_probability=0"], probe=0.66, knn=0.72, dino_values=[3.5])
     make_run(tmp_path, "noflip_1", 1, ["crops.flip_probability=0"], probe=0.66, knn=0.72, dino_values=[3.5])
     make_run(tmp_path, "b64_0", 0, ["train.batch_size_per_gpu=64"], 0.68, 0.61, [4.2], iterations=900)
-    make_run(tmp_path, "g140_0", 0, ["crops.global_crops_size=140"], 0.73, 0.68, [4.0])
+    make_run(tmp_path, "g140_0", 0, ["crops.global_crops_size=140"], 0.73, 0.68, [4.0], rank=47.5)
     (tmp_path / "unfinished").mkdir()
     return tmp_path
 
@@ -164,6 +167,11 @@ def test_table_round_trips_and_plots(summary, runs, tmp_path, monkeypatch, capsy
     assert picture.stat().st_size > 10_000
     assert (tmp_path / "out" / "data.png").stat().st_size > 10_000  # the two recipe runs: dots, no line
     assert summary.read_csv(table) == sorted(read_all(summary, runs).values(), key=lambda r: r["run"])
+    # Only split 0's rank varies: ranks 40 (four runs) and 47.5 (g140, probe 73), probes averaging 70.4 points, so
+    # in tens of dimensions sum(dx dy) / sum(dx^2) = (-0.15 * -2.6 + 0.6 * 2.6) / (4 * 0.15^2 + 0.6^2) = 4.33.
+    assert (
+        "Linear probe against the effective rank of CLS (RankMe), 6 runs, within splits: +4.3 points per 10" in printed
+    )
 
 
 def test_earlier_runs_come_from_the_previous_table_and_folders_win(summary, runs, tmp_path, monkeypatch, capsys):
@@ -295,3 +303,38 @@ def test_the_data_curve_takes_the_recipe_and_data_only_runs(summary, tmp_path):
     assert by_size[1043]["knn_accuracy"] == pytest.approx(0.60)
     fit, picture = summary.plot_data_curve(points, tmp_path / "data.png")
     assert fit["slope"] > 0 and picture.stat().st_size > 10_000
+
+
+def test_effective_rank_is_read_where_measured(summary, tmp_path):
+    """The CLS rank comes from learning_check.json; a run scored before it was measured, and a table written before
+    the column existed, give nan."""
+    make_run(tmp_path, "measured", 0, [], 0.7, 0.6, [4.0], rank=47.5)
+    make_run(tmp_path, "older", 1, [], 0.7, 0.6, [4.0], rank=None)
+    rows = read_all(summary, tmp_path)
+    assert rows["measured"]["cls_effective_rank"] == 47.5
+    assert math.isnan(rows["older"]["cls_effective_rank"])
+
+    table = tmp_path / "old_table.csv"
+    columns = [key for key in summary.COLUMNS if key != "cls_effective_rank"]
+    with open(table, "w", newline="", encoding="utf-8") as handle:
+        writer = summary.csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerow(rows["measured"])
+    (old,) = summary.read_csv(table)
+    assert math.isnan(old["cls_effective_rank"]) and old["probe_accuracy"] == pytest.approx(0.7)
+
+
+def test_probe_against_rank_is_fitted_within_splits_over_measured_runs(summary):
+    """Probe = a level per split + 0.2 points per rank dimension exactly: the fit gives +2.0 per 10 dimensions
+    whatever the levels, and a run without a rank is left out."""
+    rng = np.random.default_rng(1)
+    splits, ranks = [0, 0, 0, 1, 1, 1, 2, 2], rng.uniform(30, 60, 8)
+    rows = [
+        {"split": s, "cls_effective_rank": r, "probe_accuracy": [0.7, 0.6, 0.75][s] + 0.002 * r}
+        for s, r in zip(splits, ranks)
+    ]
+    rows.append({"split": 0, "cls_effective_rank": math.nan, "probe_accuracy": 0.1})
+    fit, measured = summary.rank_fit(rows)
+    assert measured == 8
+    assert fit["slope"] == pytest.approx(2.0) and fit["low"] == pytest.approx(2.0, abs=1e-6)
+    assert summary.rank_fit([rows[-1]]) == (None, 0)
