@@ -60,6 +60,7 @@ DATA_PART = "pretrained on "  # how the change of a run with other pretraining i
 PEDIATRIC_ONLY = f"{DATA_PART}probe-train pediatric images only"
 SEED_YARDSTICK = "recipe, another pretraining seed"
 KNN_TARGET = 0.70  # issue #11's bar for k-NN on CLS
+WIDTH_FIELD = "student.hidden_size"  # a run that changes it has features of another dimension
 LAST_ITERATIONS = 200  # the DINO term and its MI are averaged over the last iterations: single steps are noisy
 COLUMNS = [
     "run",
@@ -349,8 +350,11 @@ def per_doubling(images: list[float], values: list[float], splits: list[int]) ->
 
 def rank_fit(rows: list[dict]) -> tuple[dict | None, int]:
     """Linear-probe accuracy (points) against the effective rank of the CLS token (`within_split_fit`, per 10
-    dimensions), over the runs whose rank was measured; and how many those are."""
-    measured = [row for row in rows if not math.isnan(row["cls_effective_rank"])]
+    dimensions), over the runs whose rank was measured on the recipe's width (a 64-wide CLS token has at most 64
+    dimensions to use, so ranks of other widths do not compare); and how many those are."""
+    measured = [
+        row for row in rows if not math.isnan(row["cls_effective_rank"]) and f"{WIDTH_FIELD}=" not in row["change"]
+    ]
     x, y, splits = (
         np.array([row[key] for row in measured]) for key in ("cls_effective_rank", "probe_accuracy", "split")
     )
@@ -461,8 +465,8 @@ def main() -> None:
         fit, measured = rank_fit(rows)
         if fit is not None:
             print(
-                f"\nLinear probe against the effective rank of CLS (RankMe), {measured} runs, within splits: "
-                f"{fit['slope']:+.1f} points per 10 dimensions (95 % t interval {fit['low']:+.1f} to "
+                f"\nLinear probe against the effective rank of CLS (RankMe), {measured} runs of the recipe's width, "
+                f"within splits: {fit['slope']:+.1f} points per 10 dimensions (95 % t interval {fit['low']:+.1f} to "
                 f"{fit['high']:+.1f})"
             )
 
