@@ -12,7 +12,9 @@ over the last 200 iterations), with the mean and its 95 % t interval; writes eve
 paired differences to `--plot`. The runs that change only the pretraining images (`learning_check.py
 --pediatric-only`, `--pretraining-images`, `--pretraining-fraction`) and the recipe's own runs also give a data
 curve: the probe's margin over the 8 x 8 raw-pixel probe and k-NN on CLS against the number of pretraining images,
-with a least-squares line in log2(images) within splits (`--data-plot`; its slope per doubling is printed).
+with a least-squares line in log2(images) within splits (`--data-plot`; its slope per doubling is printed). The
+table also carries the effective rank of the pretrained CLS token (RankMe, from `learning_check.py`; nan for runs
+scored before it was measured).
 
 Run folders do not outlive a checkout, so the rows of earlier runs come from `--previous` (the table in the
 repository, `benchmarks/learning_check_runs.csv`); a run folder replaces the row of the same name. Copy the written
@@ -60,7 +62,6 @@ DATA_PART = "pretrained on "  # how the change of a run with other pretraining i
 PEDIATRIC_ONLY = f"{DATA_PART}probe-train pediatric images only"
 SEED_YARDSTICK = "recipe, another pretraining seed"
 KNN_TARGET = 0.70  # issue #11's bar for k-NN on CLS
-WIDTH_FIELD = "student.hidden_size"  # a run that changes it has features of another dimension
 LAST_ITERATIONS = 200  # the DINO term and its MI are averaged over the last iterations: single steps are noisy
 COLUMNS = [
     "run",
@@ -348,19 +349,6 @@ def per_doubling(images: list[float], values: list[float], splits: list[int]) ->
     return fit
 
 
-def rank_fit(rows: list[dict]) -> tuple[dict | None, int]:
-    """Linear-probe accuracy (points) against the effective rank of the CLS token (`within_split_fit`, per 10
-    dimensions), over the runs whose rank was measured on the recipe's width (a 64-wide CLS token has at most 64
-    dimensions to use, so ranks of other widths do not compare); and how many those are."""
-    measured = [
-        row for row in rows if not math.isnan(row["cls_effective_rank"]) and f"{WIDTH_FIELD}=" not in row["change"]
-    ]
-    x, y, splits = (
-        np.array([row[key] for row in measured]) for key in ("cls_effective_rank", "probe_accuracy", "split")
-    )
-    return (within_split_fit(x / 10, 100 * y, splits) if measured else None), len(measured)
-
-
 def plot_data_curve(points: list[dict], path: Path) -> tuple[dict | None, Path]:
     """The probe's margin over raw pixels and k-NN on CLS against the pretraining images, with the margin's fit."""
     fit = per_doubling(*([p[key] for p in points] for key in ("images", "over_raw_pixels", "split")))
@@ -462,13 +450,6 @@ def main() -> None:
                     f"{fit['high']:+.1f}); {crossing}"
                 )
             print(f"data curve -> {picture}")
-        fit, measured = rank_fit(rows)
-        if fit is not None:
-            print(
-                f"\nLinear probe against the effective rank of CLS (RankMe), {measured} runs of the recipe's width, "
-                f"within splits: {fit['slope']:+.1f} points per 10 dimensions (95 % t interval {fit['low']:+.1f} to "
-                f"{fit['high']:+.1f})"
-            )
 
 
 if __name__ == "__main__":

@@ -167,9 +167,6 @@ def test_table_round_trips_and_plots(summary, runs, tmp_path, monkeypatch, capsy
     assert picture.stat().st_size > 10_000
     assert (tmp_path / "out" / "data.png").stat().st_size > 10_000  # the two recipe runs: dots, no line
     assert summary.read_csv(table) == sorted(read_all(summary, runs).values(), key=lambda r: r["run"])
-    # Only split 0's rank varies: ranks 40 (four runs) and 47.5 (g140, probe 73), probes averaging 70.4 points, so
-    # in tens of dimensions sum(dx dy) / sum(dx^2) = (-0.15 * -2.6 + 0.6 * 2.6) / (4 * 0.15^2 + 0.6^2) = 4.33.
-    assert "effective rank of CLS (RankMe), 6 runs of the recipe's width, within splits: +4.3 points per 10" in printed
 
 
 def test_earlier_runs_come_from_the_previous_table_and_folders_win(summary, runs, tmp_path, monkeypatch, capsys):
@@ -320,21 +317,3 @@ def test_effective_rank_is_read_where_measured(summary, tmp_path):
         writer.writerow(rows["measured"])
     (old,) = summary.read_csv(table)
     assert math.isnan(old["cls_effective_rank"]) and old["probe_accuracy"] == pytest.approx(0.7)
-
-
-def test_probe_against_rank_is_fitted_within_splits_over_measured_runs(summary):
-    """Probe = a level per split + 0.2 points per rank dimension exactly: the fit gives +2.0 per 10 dimensions
-    whatever the levels; a run without a rank, and one of another width, are left out."""
-    rng = np.random.default_rng(1)
-    splits, ranks = [0, 0, 0, 1, 1, 1, 2, 2], rng.uniform(30, 60, 8)
-    rows = [
-        {"split": s, "cls_effective_rank": r, "probe_accuracy": [0.7, 0.6, 0.75][s] + 0.002 * r}
-        for s, r in zip(splits, ranks)
-    ]
-    rows = [row | {"change": "crops.flip_probability=0.0"} for row in rows]
-    rows.append({"split": 0, "cls_effective_rank": math.nan, "probe_accuracy": 0.1, "change": "recipe"})
-    rows.append({"split": 1, "cls_effective_rank": 20.0, "probe_accuracy": 0.9, "change": "student.hidden_size=64"})
-    fit, measured = summary.rank_fit(rows)
-    assert measured == 8
-    assert fit["slope"] == pytest.approx(2.0) and fit["low"] == pytest.approx(2.0, abs=1e-6)
-    assert summary.rank_fit(rows[-2:]) == (None, 0)
