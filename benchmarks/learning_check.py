@@ -17,6 +17,8 @@
      position (mean, standard deviation, intensity histogram), and the probe on CLS ⊕ the patch tokens kept on a
      4 x 4 grid, for the pretrained encoder and its twin;
    - DINO's weighted k-NN (k = 20, T = 0.07) on the CLS token, which tests the DINO objective directly;
+   - the effective rank (RankMe) of the CLS and mean patch tokens of every encoder over all the task's images: how
+     many directions the features use, low when they collapse dimensionally;
    - with `--finetune-epochs N`: both encoders fine-tuned end to end on probe-train's labels (every weight, same
      settings). From random init this is supervised training from scratch: what the architecture reaches on this
      data with labels, the reference for any self-supervised gain; from the pretrained weights it tests the
