@@ -125,17 +125,24 @@ def draw_shapes(folder: Path, count: int, side: int, seed: int) -> tuple[list[Pa
 
 
 def encoder_features(model: RadDinoModel, processor: RadDinoImageProcessor, files: list[Path], blocks: int) -> dict:
-    """`cls` `(N, D)` for k-NN, `probe` `(N, 2D)` = CLS ⊕ mean patch token for the linear probe (DINOv2's linear
-    evaluation with its last block), `blocks` `(N, (n + 1) D)` = the CLS tokens of the last n = `blocks` blocks ⊕ mean
-    patch token (its other setting), and `spatial` `(N, 17 D)` = CLS ⊕ the patch tokens area-averaged to a 4 x 4
-    grid, a probe that keeps where in the image each feature is, as the raw-pixel baseline does."""
+    """`cls` `(N, D)` for k-NN, `mean_patch` `(N, D)`, `probe` `(N, 2D)` = CLS ⊕ mean patch token for the linear
+    probe (DINOv2's linear evaluation with its last block), `blocks` `(N, (n + 1) D)` = the CLS tokens of the last
+    n = `blocks` blocks ⊕ mean patch token (its other setting), and `spatial` `(N, 17 D)` = CLS ⊕ the patch tokens
+    area-averaged to a 4 x 4 grid, a probe that keeps where in the image each feature is, as the raw-pixel baseline
+    does."""
     features = extract_features(model, processor, files, batch_size=16, progress=False, cls_blocks=blocks)
     cls, patch = features["cls"], features["patch"]
     mean_patch = patch.mean(dim=(2, 3))
     probe = torch.cat([cls, mean_patch], dim=1)
     last_blocks = torch.cat([features["cls_blocks"], mean_patch], dim=1)
     spatial = torch.cat([cls, F.adaptive_avg_pool2d(patch, SPATIAL_GRID).flatten(1)], dim=1)
-    return {"cls": cls.numpy(), "probe": probe.numpy(), "blocks": last_blocks.numpy(), "spatial": spatial.numpy()}
+    return {
+        "cls": cls.numpy(),
+        "mean_patch": mean_patch.numpy(),
+        "probe": probe.numpy(),
+        "blocks": last_blocks.numpy(),
+        "spatial": spatial.numpy(),
+    }
 
 
 def raw_pixels(processor: RadDinoImageProcessor, files: list[Path], sides: list[int]) -> dict[int | str, np.ndarray]:
@@ -427,7 +434,7 @@ def main() -> None:
         "effective_rank": {
             name: {
                 "cls": effective_rank(features["cls"]),
-                "mean_patch": effective_rank(features["probe"][:, features["cls"].shape[1] :]),
+                "mean_patch": effective_rank(features["mean_patch"]),
                 "dimensions": features["cls"].shape[1],
             }
             for name, features in encoded.items()

@@ -320,33 +320,27 @@ def data_curve(rows: list[dict]) -> list[dict]:
     ]
 
 
-def within_split_fit(x: np.ndarray, y: np.ndarray, splits: np.ndarray) -> dict | None:
-    """Least squares of `y` on `x` within splits (a level per split, one common slope: splits differ in how hard
-    their probe-val images are): the slope with its 95 % t interval and the average run's `intercept` at x = 0.
-    None when `x` does not vary within any split or no degree of freedom is left for the interval."""
-    levels = sorted(set(splits.tolist()))
-    dx, dy = x.astype(float), y.astype(float)
+def per_doubling(images: list[float], values: list[float], splits: list[int]) -> dict | None:
+    """Least squares of `values` on log2(`images`) within splits (a level per split, one common slope: splits differ
+    in how hard their probe-val images are): the slope per doubling with its 95 % t interval, the average run's
+    line (`intercept` at one image) and where that line reaches 0 (nan unless the whole interval is above 0: a
+    slope that may be 0 says nothing about where). None when no split has runs of two sizes or no degree of freedom
+    is left for the interval."""
+    x, y, group = np.log2(images), np.asarray(values, dtype=float), np.asarray(splits)
+    levels = sorted(set(splits))
+    dx, dy = x.copy(), y.copy()
     for level in levels:  # each split's own mean taken out: what is left is the change within a split
-        dx[splits == level] -= x[splits == level].mean()
-        dy[splits == level] -= y[splits == level].mean()
+        dx[group == level] -= x[group == level].mean()
+        dy[group == level] -= y[group == level].mean()
     freedom = len(y) - len(levels) - 1
     if freedom < 1 or not np.any(np.abs(dx) > 1e-9):
         return None
     slope = float(dx @ dy / (dx @ dx))
     stderr = math.sqrt(float(np.sum((dy - slope * dx) ** 2)) / freedom / float(dx @ dx))
     half = stats.t.ppf(0.975, freedom) * stderr
-    return {"slope": slope, "low": slope - half, "high": slope + half, "intercept": float(y.mean() - slope * x.mean())}
-
-
-def per_doubling(images: list[float], values: list[float], splits: list[int]) -> dict | None:
-    """`within_split_fit` of `values` on log2(`images`): the slope per doubling, the average run's line
-    (`intercept` at one image) and where that line reaches 0 (`zero_at`; nan unless the whole interval is above 0:
-    a slope that may be 0 says nothing about where)."""
-    fit = within_split_fit(np.log2(images), np.asarray(values, dtype=float), np.asarray(splits))
-    if fit is None:
-        return None
-    fit["zero_at"] = 2 ** (-fit["intercept"] / fit["slope"]) if fit["low"] > 0 else math.nan
-    return fit
+    intercept = float(y.mean() - slope * x.mean())
+    zero_at = 2 ** (-intercept / slope) if slope - half > 0 else math.nan
+    return {"slope": slope, "low": slope - half, "high": slope + half, "intercept": intercept, "zero_at": zero_at}
 
 
 def plot_data_curve(points: list[dict], path: Path) -> tuple[dict | None, Path]:
