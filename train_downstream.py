@@ -38,10 +38,20 @@ import argparse
 import dataclasses
 import logging
 
-from rad_dino_hf.distributed import make_accelerator
+from rad_dino_hf.distributed import AcceleratorOptions, make_accelerator
 from rad_dino_hf.errors import reported_user_errors
-from rad_dino_hf.tasks import demographics, features, finetune, knn, linear_probe, report, segment, similar, visualize
-from rad_dino_hf.tasks.arguments import AcceleratorOptions, from_namespace
+from rad_dino_hf.tasks import (
+    demographics,
+    features,
+    finetune,
+    knn,
+    linear_probe,
+    report_generator,
+    segment,
+    similar,
+    visualize,
+)
+from rad_dino_hf.tasks.arguments import from_namespace
 
 TASKS = {
     "features": features,
@@ -51,7 +61,7 @@ TASKS = {
     "knn": knn,
     "demographics": demographics,
     "finetune": finetune,
-    "report": report,
+    "report": report_generator,
     "similar": similar,
 }
 

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_inference import cpu_info  # noqa: E402
-from rad_dino_hf.features import load_encoder  # noqa: E402
+from rad_dino_hf.encoders import load_encoder  # noqa: E402
 from rad_dino_hf.report.builder import DEFAULT_INSTRUCTION, build_generator  # noqa: E402
 from rad_dino_hf.report.data import ReportCollator, load_report_pairs  # noqa: E402
 from rad_dino_hf.report.tiny_lm import tiny_llama, train_tokenizer  # noqa: E402

@@ -58,15 +58,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from image_processing_rad_dino import RadDinoImageProcessor  # noqa: E402
 from modeling_rad_dino import RadDinoModel  # noqa: E402
 from rad_dino_hf.errors import reported_user_errors  # noqa: E402
-from rad_dino_hf.features import extract_features  # noqa: E402
-from rad_dino_hf.finetune import (  # noqa: E402
+from rad_dino_hf.encoders import extract_features  # noqa: E402
+from rad_dino_hf.classifier_training import (  # noqa: E402
     FinetuneOptions,
     ImageDataset,
     augment_radiograph,
     classifier_from_encoder,
     finetune,
 )
-from rad_dino_hf.knn import knn_classify  # noqa: E402
+from rad_dino_hf.weighted_knn import knn_classify  # noqa: E402
 from rad_dino_hf.metrics import classification_metrics  # noqa: E402
 from rad_dino_hf.probe import linear_probe  # noqa: E402
 from rad_dino_hf.rank import effective_rank  # noqa: E402

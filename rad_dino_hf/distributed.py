@@ -1,10 +1,20 @@
 """How Accelerate should treat the processes it was launched with."""
 
+import dataclasses
 import logging
 import os
 
 import torch
 from accelerate import Accelerator
+
+
+@dataclasses.dataclass
+class AcceleratorOptions:
+    """What the entry point's `Accelerator` is built with (`make_accelerator`); tasks that train expose them as
+    command-line arguments."""
+
+    mixed_precision: str = "no"
+    gradient_accumulation_steps: int = 1
 
 
 def launched_without_accelerator() -> bool:

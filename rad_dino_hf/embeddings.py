@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 from image_processing_rad_dino import RadDinoImageProcessor, UnreadableImageError
 from modeling_rad_dino import RadDinoModel
-from rad_dino_hf.data import IMAGE_SUFFIXES, image_files
+from rad_dino_hf.pretraining_data import IMAGE_SUFFIXES, image_files
 from rad_dino_hf.errors import UserError
 from rad_dino_hf.fingerprint import parameter_digest
 from rad_dino_hf.tables import BUILDERS, load_table

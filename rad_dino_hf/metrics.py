@@ -3,8 +3,8 @@
 Design (one implementation, no copies). The classification and segmentation math lives in numpy-only files shipped
 with the `evaluate` modules of this repository:
 
-    metrics/classification/classification_core.py   <- imported relatively by metrics/classification/classification.py
-    metrics/segmentation/segmentation_core.py       <- imported relatively by metrics/segmentation/segmentation.py
+    rad_dino_hf/evaluate_metrics/classification/classification_core.py   <- imported relatively by classification.py
+    rad_dino_hf/evaluate_metrics/segmentation/segmentation_core.py       <- imported relatively by segmentation.py
 
 `evaluate.load(path)` copies a local metric script into its modules cache and imports it there, so the script cannot
 import `rad_dino_hf` reliably (that depends on the working directory / `sys.path`). It does, however, copy
@@ -33,7 +33,7 @@ from types import ModuleType
 import numpy as np
 from scipy.stats import pearsonr
 
-METRICS_DIR = Path(__file__).resolve().parents[1] / "metrics"
+METRICS_DIR = Path(__file__).resolve().parent / "evaluate_metrics"
 
 
 def _load_core(name: str) -> ModuleType:
@@ -148,7 +148,8 @@ def demographics_metrics(
 
 
 def load_evaluate_metric(name: str, config_name: str | None = None, **kwargs):
-    """`evaluate.load` of this repository's `metrics/<name>` module ("classification" or "segmentation"), offline."""
+    """`evaluate.load` of this package's `evaluate_metrics/<name>` module ("classification" or "segmentation"),
+    offline."""
     import evaluate  # slow import; only when asked for
 
     return evaluate.load(str(METRICS_DIR / name), config_name, **kwargs)

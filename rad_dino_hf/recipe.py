@@ -165,7 +165,7 @@ class TrainConfig:
     centering: str = "centering"  # "centering" or "sinkhorn_knopp" (DINOv2 default / patch-14 configs)
     mixed_precision: str = "no"  # "no", "bf16" or "fp16" (accelerate); measure before choosing on CPU
     seed: int = 0
-    data_sources: tuple[str, ...] = ()  # "[kind:]location[@weight]" (see rad_dino_hf/data.py)
+    data_sources: tuple[str, ...] = ()  # "[kind:]location[@weight]" (see rad_dino_hf/pretraining_data.py)
     files_per_shard: int = 64  # local folders: files per stream shard (shards spread over ranks and workers)
     num_workers: int = 10
     output_dir: str = "outputs/pretrain"

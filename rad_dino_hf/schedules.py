@@ -116,7 +116,7 @@ def param_groups(
       or "gamma" in name``): biases, norms (norm1/norm2/layernorm) and LayerScale (HF ``lambda1``, DINOv2's
       ``gamma``). The cls/mask/register tokens and position embeddings are decayed, as in DINOv2 pretraining.
       ``no_wd_for_tokens=True`` also exempts them: the fine-tuning convention of BEiT/MAE/timm
-      (``no_weight_decay() = {pos_embed, cls_token}``), used by ``rad_dino_hf.finetune``.
+      (``no_weight_decay() = {pos_embed, cls_token}``), used by ``rad_dino_hf.classifier_training``.
     * ``is_last_layer`` for parameters of a head's ``last_layer`` (frozen by a zero lr at the start).
 
     Args:

@@ -34,7 +34,7 @@ from rad_dino_hf.checkpoint import (
     save_checkpoint,
     verify_checkpoint,
 )
-from rad_dino_hf.data import (
+from rad_dino_hf.pretraining_data import (
     DataSource,
     MultiCropMapper,
     UnreadableSourceGuard,

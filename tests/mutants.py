@@ -83,7 +83,7 @@ MUTANTS = [
     ),
     (
         "report generator saved with unload() (LoRA discarded)",
-        "rad_dino_hf/tasks/report.py",
+        "rad_dino_hf/report/pipeline.py",
         "generator = peft_model.merge_and_unload()",
         "generator = peft_model.unload()",
         ["tests/test_commands.py::test_report_command_saves_its_base_with_the_trained_adapter_merged"],

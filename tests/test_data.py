@@ -1,5 +1,5 @@
-"""Streaming pretraining sources (`rad_dino_hf.data`): source specs, folder / parquet / WebDataset / local-Hub sources,
-weighted mixing, rank split, exact resume, decoding and the multi-crop map + collate.
+"""Streaming pretraining sources (`rad_dino_hf.pretraining_data`): source specs, folder / parquet / WebDataset /
+local-Hub sources, weighted mixing, rank split, exact resume, decoding and the multi-crop map + collate.
 
 All data is tiny and synthetic (written under tmp_path), so the whole file runs offline in well under a minute.
 """
@@ -19,7 +19,7 @@ import torch
 
 from image_processing_rad_dino import to_uint8
 from rad_dino_hf.augment import MultiCropAugmentation
-from rad_dino_hf.data import (
+from rad_dino_hf.pretraining_data import (
     STREAM_FEATURES,
     DataSource,
     MultiCropMapper,

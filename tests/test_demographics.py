@@ -10,7 +10,7 @@ import PIL.Image
 import pytest
 
 import train_downstream
-from rad_dino_hf.demographics import DemographicsTable, demographics_probe, parse_age, parse_sex
+from rad_dino_hf.demographic_probes import DemographicsTable, demographics_probe, parse_age, parse_sex
 from rad_dino_hf.tables import patient_split
 
 

@@ -242,8 +242,8 @@ def test_probes_on_the_dataset_give_the_in_memory_metrics(tiny_model_dir, labell
     """linear-probe and knn read the cache's embeddings dataset: their metrics equal those of the same probes on
     features computed in memory by `extract_features`; a second run, or a probe given the features command's
     dataset of the images (--embeddings), never calls the encoder."""
-    from rad_dino_hf.features import extract_features
-    from rad_dino_hf.knn import knn_classify
+    from rad_dino_hf.encoders import extract_features
+    from rad_dino_hf.weighted_knn import knn_classify
     from rad_dino_hf.metrics import classification_metrics
     from rad_dino_hf.probe import linear_probe
     from rad_dino_hf.tables import patient_split, read_labelled_table
@@ -294,7 +294,7 @@ def test_retrieval_baseline_returns_the_nearest_training_images_report(tiny_mode
     from PIL import Image
 
     from rad_dino_hf.report.data import ReportPair
-    from rad_dino_hf.tasks.report import nearest_image_reports
+    from rad_dino_hf.report.pipeline import nearest_image_reports
 
     files = [path for path in list_images(images) if path.name != "broken.png"][:4]
     train = [ReportPair(f"t{i}", str(path), f"report {i}", f"p{i}") for i, path in enumerate(files)]

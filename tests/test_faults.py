@@ -31,7 +31,14 @@ from rad_dino_hf.checkpoint import (
     verify_checkpoint,
 )
 from rad_dino_hf.augment import MultiCropAugmentation
-from rad_dino_hf.data import MultiCropMapper, build_stream, collate_crops, decode_or_none, open_source, parse_source
+from rad_dino_hf.pretraining_data import (
+    MultiCropMapper,
+    build_stream,
+    collate_crops,
+    decode_or_none,
+    open_source,
+    parse_source,
+)
 from rad_dino_hf.errors import USAGE_EXIT_CODE, UserError
 from rad_dino_hf.preemption import PREEMPTED_EXIT_CODE
 from rad_dino_hf.recipe import RecipeConfig

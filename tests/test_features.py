@@ -15,7 +15,7 @@ import train_downstream
 from image_processing_rad_dino import RadDinoImageProcessor
 from rad_dino_hf.embeddings import list_images, read_embeddings, vectors
 from rad_dino_hf.errors import USAGE_EXIT_CODE, UserError
-from rad_dino_hf.features import extract_features
+from rad_dino_hf.encoders import extract_features
 from rad_dino_hf.plots import patch_pca_rgb
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -103,7 +103,7 @@ def test_missing_folder_and_unknown_model_are_clear_errors(tmp_path):
 
 
 def test_feature_cache_hit_is_identical_and_skips_the_encoder(tiny_model, tiny_processor, tmp_path, monkeypatch):
-    from rad_dino_hf.features import cached_features
+    from rad_dino_hf.encoders import cached_features
 
     files = list_images(SAMPLE)[:3]
     first, hit = cached_features(tiny_model, tiny_processor, files, tmp_path, progress=False)

@@ -18,7 +18,7 @@ import train_downstream
 from configuration_rad_dino import RadDinoConfig
 from image_processing_rad_dino import RadDinoImageProcessor
 from modeling_rad_dino import RadDinoForImageClassification, RadDinoModel
-from rad_dino_hf.finetune import FinetuneOptions, classifier_from_encoder, finetune
+from rad_dino_hf.classifier_training import FinetuneOptions, classifier_from_encoder, finetune
 from rad_dino_hf.lora import DEFAULT_LORA_TARGETS, add_lora, lora_target_pattern
 
 HIDDEN, LAYERS, CLASSES, RANK = 32, 2, 3, 4

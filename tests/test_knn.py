@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import train_downstream
-from rad_dino_hf.knn import knn_classify
+from rad_dino_hf.weighted_knn import knn_classify
 
 
 def _brute_force(train, labels, queries, num_classes, k, temperature):

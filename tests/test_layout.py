@@ -58,3 +58,32 @@ def test_readme_table_matches_the_tree():
     entries = [entry for entry in listed if entry.rstrip("/") != PACKAGE]
     uncovered = [module for module in modules if not any(module.startswith(entry) for entry in entries)]
     assert not uncovered, f"README's table does not say where these live: {uncovered}"
+
+
+def test_machinery_never_imports_the_command_lines():
+    # rad_dino_hf/tasks/ is the downstream command line; the machinery below it must be usable without it.
+    for path in sorted((REPO / PACKAGE).rglob("*.py")):
+        if "tasks" in path.relative_to(REPO / PACKAGE).parts:
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        imported = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+        imported += [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module]
+        assert not [name for name in imported if name.startswith(f"{PACKAGE}.tasks")], path
+
+
+def test_one_meaning_per_module_name():
+    # A task (command) module and a machinery module or folder of the same name would mean two things.
+    tasks = {path.stem for path in (REPO / PACKAGE / "tasks").glob("*.py") if path.stem != "__init__"}
+    machinery = {
+        path.stem
+        for path in (REPO / PACKAGE).rglob("*")
+        if "tasks" not in path.relative_to(REPO / PACKAGE).parts
+        and path.name != "__init__.py"
+        and (path.suffix == ".py" or path.is_dir())
+    }
+    assert not tasks & machinery, tasks & machinery
+    # Nor may a module of the package share its name with a folder or file of the repository root (metrics.py and
+    # metrics/ once did).
+    package_level = {path.stem for path in (REPO / PACKAGE).iterdir() if path.name != "__init__.py"}
+    top_level = {path.stem for path in REPO.iterdir() if not path.name.startswith(".")} - {PACKAGE}
+    assert not package_level & top_level, package_level & top_level

@@ -197,7 +197,7 @@ def test_gradient_accumulation_steps_once_per_window(tmp_path, images):
 
 def test_a_folder_source_is_listed_once_per_run(tmp_path, images, monkeypatch):
     """The stream, the epoch count and the unreadable-sample guard share one listing (a large folder is slow)."""
-    from rad_dino_hf import data
+    from rad_dino_hf import pretraining_data as data
 
     listed = []
     original = data.folder_images

@@ -10,7 +10,7 @@ import torch
 
 import train_downstream
 from image_processing_rad_dino import RadDinoImageProcessor
-from rad_dino_hf.segmentation import foreground_dice, mask_like_processor
+from rad_dino_hf.segmentation_decoder import foreground_dice, mask_like_processor
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample" / "images"
 

@@ -10,7 +10,7 @@ import dataclasses
 import typing
 from pathlib import Path
 
-from rad_dino_hf.features import RELEASED_MODEL_ID
+from rad_dino_hf.encoders import RELEASED_MODEL_ID
 from rad_dino_hf.tables import UNCERTAIN_POLICIES
 
 REPO = Path(__file__).resolve().parents[2]
@@ -51,7 +51,7 @@ def add_encoder_arguments(parser: argparse.ArgumentParser, batch_size: int = 4) 
 
 @dataclasses.dataclass
 class CacheOptions:
-    """Folder of the frozen-feature cache (`rad_dino_hf.features.cached_features`) and embeddings datasets (the
+    """Folder of the frozen-feature cache (`rad_dino_hf.encoders.cached_features`) and embeddings datasets (the
     features command's) to read features from before encoding."""
 
     cache_dir: str
@@ -126,14 +126,6 @@ def add_table_arguments(parser: argparse.ArgumentParser) -> None:
         help="multi-label value -1 (CheXpert's uncertain) counts as this",
     )
     parser.add_argument("--patient-column", default="patient", help="no patient is in both splits")
-
-
-@dataclasses.dataclass
-class AcceleratorOptions:
-    """What the entry point's `Accelerator` is built with; tasks that train expose them as arguments."""
-
-    mixed_precision: str = "no"
-    gradient_accumulation_steps: int = 1
 
 
 def add_accelerator_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:

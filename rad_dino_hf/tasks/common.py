@@ -14,7 +14,7 @@ from accelerate import Accelerator
 
 from image_processing_rad_dino import RadDinoImageProcessor
 from modeling_rad_dino import RadDinoModel
-from rad_dino_hf.features import cached_features, load_encoder
+from rad_dino_hf.encoders import cached_features, load_encoder
 from rad_dino_hf.plots import plot_confusion_matrix, plot_roc_curves
 from rad_dino_hf.tables import LabelledTable, patient_split, read_labelled_table
 from rad_dino_hf.tasks.arguments import CacheOptions, EncoderOptions, SplitOptions, TableOptions

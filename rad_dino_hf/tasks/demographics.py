@@ -10,7 +10,7 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
-from rad_dino_hf.demographics import demographics_probe, read_demographics
+from rad_dino_hf.demographic_probes import demographics_probe, read_demographics
 from rad_dino_hf.plots import plot_regression_scatter, plot_roc_curves
 from rad_dino_hf.tables import patient_split
 from rad_dino_hf.tasks.arguments import SHARED_DATA, FrozenTaskOptions, add_frozen_task_arguments

@@ -17,7 +17,7 @@ from accelerate import Accelerator
 from huggingface_hub import HfApi
 
 from rad_dino_hf.embeddings import DTYPES, PATCH_DTYPES, EmbeddingSettings, open_input, write_embeddings
-from rad_dino_hf.features import extract_features, load_encoder
+from rad_dino_hf.encoders import extract_features, load_encoder
 from rad_dino_hf.plots import patch_pca_rgb, save_pca_figure
 from rad_dino_hf.tasks.arguments import REPO, EncoderOptions, add_encoder_arguments
 from rad_dino_hf.tasks.common import encoder_view

@@ -14,8 +14,8 @@ import numpy as np
 from accelerate import Accelerator
 
 from configuration_rad_dino import POOLINGS
-from rad_dino_hf.features import load_encoder
-from rad_dino_hf.finetune import (
+from rad_dino_hf.encoders import load_encoder
+from rad_dino_hf.classifier_training import (
     DEFAULT_LR,
     METHODS,
     FinetuneOptions,
@@ -26,11 +26,11 @@ from rad_dino_hf.finetune import (
     processor_at,
     save_finetuned,
 )
+from rad_dino_hf.distributed import AcceleratorOptions
 from rad_dino_hf.lora import DEFAULT_LORA_TARGETS
 from rad_dino_hf.metrics import classification_metrics
 from rad_dino_hf.supervised import fresh_training_log
 from rad_dino_hf.tasks.arguments import (
-    AcceleratorOptions,
     LabelledTaskOptions,
     add_accelerator_arguments,
     add_labelled_task_arguments,

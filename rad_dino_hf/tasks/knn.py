@@ -8,7 +8,7 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
-from rad_dino_hf.knn import DEFAULT_K, DEFAULT_TEMPERATURE, knn_classify
+from rad_dino_hf.weighted_knn import DEFAULT_K, DEFAULT_TEMPERATURE, knn_classify
 from rad_dino_hf.metrics import classification_metrics
 from rad_dino_hf.tasks import linear_probe
 from rad_dino_hf.tasks.common import frozen_features, labelled_split, write_classification_outputs

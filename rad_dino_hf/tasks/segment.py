@@ -17,7 +17,7 @@ from accelerate import Accelerator
 
 from modeling_rad_dino import RadDinoForSemanticSegmentation
 from rad_dino_hf.plots import plot_segmentation_overlay
-from rad_dino_hf.segmentation import foreground_dice, mask_like_processor, predict, train_decoder
+from rad_dino_hf.segmentation_decoder import foreground_dice, mask_like_processor, predict, train_decoder
 from rad_dino_hf.supervised import fresh_training_log
 from rad_dino_hf.tables import load_table, patient_split
 from rad_dino_hf.tasks.arguments import SHARED_DATA, FrozenTaskOptions, add_frozen_task_arguments

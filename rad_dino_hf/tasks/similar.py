@@ -25,7 +25,7 @@ from rad_dino_hf.embeddings import (
     read_metadata,
     search_vectors,
 )
-from rad_dino_hf.features import load_encoder
+from rad_dino_hf.encoders import load_encoder
 from rad_dino_hf.fingerprint import parameter_digest
 from rad_dino_hf.plots import save_contact_sheet
 from rad_dino_hf.tasks.common import encoder_view, write_csv

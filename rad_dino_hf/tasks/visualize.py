@@ -10,7 +10,7 @@ import torch
 from accelerate import Accelerator
 
 from modeling_rad_dino import RadDinoModel
-from rad_dino_hf.features import load_encoder
+from rad_dino_hf.encoders import load_encoder
 from rad_dino_hf.plots import cls_attention_maps, patch_pca_rgb, save_attention_figure
 from rad_dino_hf.tasks.arguments import EncoderOptions, add_encoder_arguments
 from rad_dino_hf.tasks.common import encoder_view

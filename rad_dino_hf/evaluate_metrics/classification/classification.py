@@ -4,8 +4,9 @@ A thin wrapper. The math lives in `classification_core.py` beside this file (num
 copies into its modules cache with this script because of the relative import below; `rad_dino_hf.metrics` loads the
 same file by path. See `classification_core.py` for the definitions.
 
-    metric = evaluate.load("metrics/classification")                 # multi-class: references (N,) int
-    metric = evaluate.load("metrics/classification", "multilabel")   # multi-label: references (N, C) {0, 1}
+    # multi-class: references (N,) int; multi-label ("multilabel" config): references (N, C) {0, 1}
+    metric = evaluate.load("rad_dino_hf/evaluate_metrics/classification")
+    metric = evaluate.load("rad_dino_hf/evaluate_metrics/classification", "multilabel")
     metric.compute(predictions=scores, references=labels, class_names=[...], n_bootstrap=1000, seed=0)
 """
 

@@ -5,7 +5,7 @@ into its modules cache with this script because of the relative import below; `r
 by path. See `segmentation_core.py` for the definitions (pooled "dataset" and "per_image" aggregations, ignored pixels,
 classes absent from both).
 
-    metric = evaluate.load("metrics/segmentation")
+    metric = evaluate.load("rad_dino_hf/evaluate_metrics/segmentation")
     metric.compute(predictions=masks, references=masks, num_classes=2, ignore_index=255, include_background=False)
 """
 
