@@ -29,6 +29,7 @@ from rad_dino_hf.report.builder import (
 )
 from rad_dino_hf.report.data import ReportCollator, ReportPair, load_report_pairs
 from rad_dino_hf.report.generation import GenerationSettings, generate_reports, write_jsonl
+from rad_dino_hf.report.labeler_agreement import phrase_agreement
 from rad_dino_hf.report.text_metrics import report_metrics
 from rad_dino_hf.report.tiny_lm import pretrain_on_text, tiny_llama, train_tokenizer
 from rad_dino_hf.report.training import (
@@ -329,6 +330,8 @@ def run(options: Options, accelerator: Accelerator) -> dict | None:
         "train_seconds": round(train_seconds, 1),
         "final_loss": {stage: losses[-1] for stage, losses in curves.items()},
         "baseline_report": baseline,
+        # What finding F1 rests on: the labeler's agreement with the CheXpert labeler on its own phrase list.
+        "labeler_agreement": phrase_agreement().overall,
         "held_out": evaluate_split(model, processor, held_out_pairs, baseline, options, "held_out", output, retrieved),
         "train": evaluate_split(
             model,
@@ -348,12 +351,13 @@ def run(options: Options, accelerator: Accelerator) -> dict | None:
                 continue
             metric = scores[system]
             logger.info(
-                "%-8s %-28s ROUGE-L %.3f  BLEU-4 %.2f  finding micro-F1 %.3f",
+                "%-8s %-28s ROUGE-L %.3f  BLEU-4 %.2f  finding micro-F1 %.3f (labeler %.1f %% CheXpert agreement)",
                 split,
                 system,
                 metric["rouge_l"],
                 metric["bleu4"],
                 metric["finding_f1"]["micro_f1"],
+                100 * results["labeler_agreement"],
             )
     if options.push_to_hub:
         pushed = push_generator(generator or output / "generator", options.push_to_hub)

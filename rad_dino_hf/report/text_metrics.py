@@ -8,7 +8,9 @@ rule-based `rad_dino_hf.report.labeler` standing in for CheXbert: both the refer
 labelled, each observation becomes a binary "positive" target (1 positive; 0 negative, -1 uncertain and not mentioned
 are all "not positive", or uncertain counts as positive with `uncertain_as_positive=True`), and precision, recall and
 F1 are computed per observation over reports. Because the labeler differs from CheXbert, the numbers are comparable
-between models scored here, not with published CheXbert F1 values.
+between models scored here, not with published CheXbert F1 values. What the F1 rests on is measured by
+`rad_dino_hf.report.labeler_agreement.phrase_agreement()` (the labeler against the CheXpert labeler on CheXpert's own
+phrase list; `benchmarks/labeler_agreement.py` prints it per observation, `report` logs it next to the F1).
 
     rouge_l(references, predictions) -> float
     bleu4(references, predictions) -> float
