@@ -16,8 +16,8 @@ for a No Finding phrase the label checked is No Finding itself, set (1) when the
 (None) when it is reported or hedged. A sentence agrees when the labeler gives the phrase's observation exactly the
 expected label; other observations are not checked (several phrases name two, e.g. "cardiac contour").
 
-Labelling the ~750 sentences takes about a second, so `phrase_agreement` is computed on demand (and cached) rather
-than stored as a constant that could drift from the labeler.
+Labelling the 740 sentences takes about 0.2 s on one CPU core, so `phrase_agreement` is computed on demand (and
+cached) rather than stored as a constant that could drift from the labeler.
 """
 
 from collections.abc import Sequence
