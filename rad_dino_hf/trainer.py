@@ -503,7 +503,9 @@ class Pretrainer:
             if teacher_state is not None:  # gather the FSDP shards into a plain copy for export
                 teacher = SelfDistillationNetwork(accelerator.unwrap_model(self.teacher).config)
                 teacher.load_state_dict(teacher_state)
-            export_teacher(teacher, export_dir, self.recipe, summary)
+            export_teacher(
+                teacher, export_dir, self.recipe, summary, self.source_guard.sources, self.options.push_to_hub
+            )
             if metrics_path.exists():
                 plot_training_curves(metrics_path, self.output_dir / CURVES_FILENAME)
             summary["export_dir"] = str(export_dir)

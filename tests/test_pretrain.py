@@ -141,7 +141,7 @@ def test_export_loads_as_plain_dinov2(tmp_path, images):
     assert config["interpolate_offset"] == 0.0
     head = load_dino_head(export / DINO_HEAD_FILENAME, ours.config)
     assert head.last_layer.weight.shape == (64, 16)
-    assert "## This checkpoint" in (export / "README.md").read_text()
+    assert "| iterations | 2 (schedule: 8) |" in (export / "README.md").read_text()  # the card states this run
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2]
     assert {"loss/dino", "loss/ibot", "loss/koleo", "lr", "wd", "momentum", "teacher_temp"} <= set(metrics[0])
