@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 CONFIGS = {
     "ViT-small/14 (cpu_small)": ["--config", str(REPO / "configs" / "cpu_small.yaml")],
@@ -63,7 +62,7 @@ def measure(args: argparse.Namespace) -> dict:
     """One configuration in this process: training steps, then the data pipeline."""
     import torch
 
-    import train_pretrain
+    import rad_dino_hf.cli.pretrain as train_pretrain
     from rad_dino_hf.trainer import Pretrainer, RunOptions, build_dataloader
 
     torch.set_num_threads(args.threads)

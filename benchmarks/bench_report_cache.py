@@ -10,7 +10,6 @@ losses of both runs are printed too (they must agree).
 
 import argparse
 import copy
-import sys
 import time
 from pathlib import Path
 
@@ -18,14 +17,12 @@ import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench_inference import cpu_info  # noqa: E402
-from rad_dino_hf.encoders import load_encoder  # noqa: E402
-from rad_dino_hf.report.builder import DEFAULT_INSTRUCTION, build_generator  # noqa: E402
-from rad_dino_hf.report.data import ReportCollator, load_report_pairs  # noqa: E402
-from rad_dino_hf.report.tiny_lm import tiny_llama, train_tokenizer  # noqa: E402
-from rad_dino_hf.report.training import cached_vision_tower, freeze_all_but_projector, train_loop  # noqa: E402
+from bench_inference import cpu_info
+from rad_dino_hf.encoders import load_encoder
+from rad_dino_hf.report.builder import DEFAULT_INSTRUCTION, build_generator
+from rad_dino_hf.report.data import ReportCollator, load_report_pairs
+from rad_dino_hf.report.tiny_lm import tiny_llama, train_tokenizer
+from rad_dino_hf.report.training import cached_vision_tower, freeze_all_but_projector, train_loop
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -22,6 +22,9 @@ launch (Accelerate runs one CPU process without a DDP wrapper, and the table say
 inference fp32 against `Dinov2Model`, the report step and generation. GPU-only parts (FSDP2, CUDA autocast,
 `torch.compile` timing, peak CUDA memory) are listed as skipped with the reason. Timings of a dry run mean nothing.
 
+The project must be installed (README); on a GPU machine that already has torch and the other dependencies,
+`pip install --no-deps --no-build-isolation -e .` in the repository is enough.
+
 Examples:
   python benchmarks/gpu_check.py --output outputs/gpu_check.json
   python benchmarks/gpu_check.py --dry-run
@@ -46,15 +49,13 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-for folder in (REPO_ROOT, REPO_ROOT / "benchmarks"):
-    if str(folder) not in sys.path:
-        sys.path.insert(0, str(folder))
 
 import torch  # noqa: E402
 import transformers  # noqa: E402
 from PIL import Image  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
+# A sibling script: Python puts the folder of the script it runs first on sys.path.
 from bench_inference import CompileTimeout, alarm, build_model, median_time, variant_context  # noqa: E402
 from configuration_rad_dino import RadDinoConfig  # noqa: E402
 from modeling_rad_dino import RadDinoModel  # noqa: E402

@@ -20,18 +20,15 @@ For a run folder of `train_pretrain.py` (single process; FSDP checkpoints shard 
 
 import argparse
 import math
-import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from image_processing_rad_dino import RadDinoImageProcessor  # noqa: E402
-from rad_dino_hf.embeddings import list_images  # noqa: E402
-from rad_dino_hf.errors import UserError, reported_user_errors  # noqa: E402
-from rad_dino_hf.trainer import load_checkpoint_networks  # noqa: E402
+from image_processing_rad_dino import RadDinoImageProcessor
+from rad_dino_hf.embeddings import list_images
+from rad_dino_hf.errors import UserError, reported_user_errors
+from rad_dino_hf.trainer import load_checkpoint_networks
 
 REPO = Path(__file__).resolve().parents[1]
 

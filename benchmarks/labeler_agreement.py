@@ -8,13 +8,9 @@ Every CheXpert mention phrase (148, 14 observations) in five sentences ("There i
     python benchmarks/labeler_agreement.py
 """
 
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from rad_dino_hf.report.labeler_agreement import agreement, markdown_table, phrase_cases  # noqa: E402
+from rad_dino_hf.report.labeler_agreement import agreement, markdown_table, phrase_cases
 
 
 def main() -> None:

@@ -53,27 +53,25 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from PIL import Image, ImageDraw
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from image_processing_rad_dino import RadDinoImageProcessor  # noqa: E402
-from modeling_rad_dino import RadDinoModel  # noqa: E402
-from rad_dino_hf.errors import reported_user_errors  # noqa: E402
-from rad_dino_hf.encoders import extract_features  # noqa: E402
-from rad_dino_hf.classifier_training import (  # noqa: E402
+from image_processing_rad_dino import RadDinoImageProcessor
+from modeling_rad_dino import RadDinoModel
+from rad_dino_hf.errors import reported_user_errors
+from rad_dino_hf.encoders import extract_features
+from rad_dino_hf.classifier_training import (
     FinetuneOptions,
     ImageDataset,
     augment_radiograph,
     classifier_from_encoder,
     finetune,
 )
-from rad_dino_hf.weighted_knn import knn_classify  # noqa: E402
-from rad_dino_hf.metrics import classification_metrics  # noqa: E402
-from rad_dino_hf.probe import linear_probe  # noqa: E402
-from rad_dino_hf.rank import effective_rank  # noqa: E402
-from rad_dino_hf.recipe import RecipeConfig, apply_overrides  # noqa: E402
-from rad_dino_hf.run_log import METRICS_FILENAME, read_records  # noqa: E402
-from rad_dino_hf.tables import patient_split  # noqa: E402
-from rad_dino_hf.trainer import RunOptions, load_checkpoint_networks, pretrain  # noqa: E402
+from rad_dino_hf.weighted_knn import knn_classify
+from rad_dino_hf.metrics import classification_metrics
+from rad_dino_hf.probe import linear_probe
+from rad_dino_hf.rank import effective_rank
+from rad_dino_hf.recipe import RecipeConfig, apply_overrides
+from rad_dino_hf.run_log import METRICS_FILENAME, read_records
+from rad_dino_hf.tables import patient_split
+from rad_dino_hf.trainer import RunOptions, load_checkpoint_networks, pretrain
 
 logger = logging.getLogger("learning_check")
 REPO = Path(__file__).resolve().parents[1]

@@ -31,7 +31,6 @@ import functools
 import json
 import math
 import statistics
-import sys
 import textwrap
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -40,12 +39,10 @@ import numpy as np
 import yaml
 from scipy import stats
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from rad_dino_hf.errors import UserError, reported_user_errors  # noqa: E402
-from rad_dino_hf.plots import plot_against_size, plot_paired_differences  # noqa: E402
-from rad_dino_hf.recipe import RecipeConfig  # noqa: E402
-from rad_dino_hf.run_log import METRICS_FILENAME, read_records  # noqa: E402
+from rad_dino_hf.errors import UserError, reported_user_errors
+from rad_dino_hf.plots import plot_against_size, plot_paired_differences
+from rad_dino_hf.recipe import RecipeConfig
+from rad_dino_hf.run_log import METRICS_FILENAME, read_records
 
 REPO = Path(__file__).resolve().parents[1]
 # Set by learning_check.py for every run, so never part of what a run changed (train.seed is the pairing key).

@@ -13,7 +13,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from sklearn.metrics import roc_auc_score, roc_curve
 
-import train_downstream
+import rad_dino_hf.cli.downstream as train_downstream
 from rad_dino_hf import plots
 
 N_PATIENTS, PER_PATIENT = 20, 2

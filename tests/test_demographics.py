@@ -9,7 +9,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
-import train_downstream
+import rad_dino_hf.cli.downstream as train_downstream
 from rad_dino_hf.demographic_probes import DemographicsTable, demographics_probe, parse_age, parse_sex
 from rad_dino_hf.tables import patient_split
 

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-import train_downstream
+import rad_dino_hf.cli.downstream as train_downstream
 from image_processing_rad_dino import RadDinoImageProcessor
 from modeling_rad_dino import RadDinoModel
 from rad_dino_hf.embeddings import (
@@ -119,7 +119,7 @@ def test_two_processes_write_the_one_process_dataset(tiny_model_dir, images, tmp
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file"]
     launch += [str(REPO_ROOT / "configs" / "accelerate" / "cpu_2proc.yaml"), "--main_process_port", str(free_port)]
     command = [*launch, str(REPO_ROOT / "train_downstream.py"), *arguments, "--output", str(tmp_path / "two")]
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     # A hang is a failure: subprocess.run raises TimeoutExpired.
     run = subprocess.run(command, timeout=300, env=environment, cwd=tmp_path, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]

@@ -17,8 +17,8 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-import train_downstream
-import train_pretrain
+import rad_dino_hf.cli.downstream as train_downstream
+import rad_dino_hf.cli.pretrain as train_pretrain
 from image_processing_rad_dino import UnreadableImageError, read_image
 from rad_dino_hf import checkpoint as checkpoint_module
 from rad_dino_hf.checkpoint import (

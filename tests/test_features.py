@@ -11,7 +11,7 @@ import pytest
 import torch
 from sklearn.decomposition import PCA
 
-import train_downstream
+import rad_dino_hf.cli.downstream as train_downstream
 from image_processing_rad_dino import RadDinoImageProcessor
 from rad_dino_hf.embeddings import list_images, read_embeddings, vectors
 from rad_dino_hf.errors import USAGE_EXIT_CODE, UserError
@@ -167,7 +167,7 @@ def test_two_processes_share_the_encoding_and_match_one(tiny_model_dir, labelled
     launch += [str(REPO_ROOT / "configs" / "accelerate" / "cpu_2proc.yaml"), "--main_process_port", str(free_port)]
     command = [*launch, str(REPO_ROOT / "train_downstream.py"), "linear-probe", *arguments]
     command += ["--cache-dir", str(tmp_path / "two"), "--output", str(tmp_path / "out2")]
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = subprocess.run(command, timeout=300, env=environment, cwd=tmp_path, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "6/6" in run.stderr and "12/12" not in run.stderr  # progress bars: each process encoded half

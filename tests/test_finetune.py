@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 from transformers import AutoModelForImageClassification
 
-import train_downstream
+import rad_dino_hf.cli.downstream as train_downstream
 from configuration_rad_dino import RadDinoConfig
 from image_processing_rad_dino import RadDinoImageProcessor
 from modeling_rad_dino import RadDinoForImageClassification, RadDinoModel

@@ -9,20 +9,14 @@ from __future__ import annotations
 
 import csv
 import io
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageFile
+from transformers import AutoImageProcessor, BitImageProcessorPil
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-from transformers import AutoImageProcessor, BitImageProcessorPil  # noqa: E402
-
-from image_processing_rad_dino import (  # noqa: E402
+from image_processing_rad_dino import (
     MIN_IMAGE_SIDE,
     RadDinoImageProcessor,
     UnreadableImageError,
@@ -30,6 +24,7 @@ from image_processing_rad_dino import (  # noqa: E402
     to_uint8,
 )
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 DICOM_DIR = REPO_ROOT / "tests" / "fixtures" / "dicom"
 SAMPLE_DIR = REPO_ROOT / "data" / "sample"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-import train_downstream
+import rad_dino_hf.cli.downstream as train_downstream
 from rad_dino_hf.weighted_knn import knn_classify
 
 

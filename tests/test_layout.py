@@ -1,25 +1,40 @@
-"""The repository's shape: imports flow one way (entry points -> machinery -> Hub files) and the README's "where
-things live" table names every machinery module and nothing that is not there."""
+"""The repository's shape: imports flow one way (entry points -> machinery -> Hub files), everything imports through
+the installed project (no `sys.path` edits), and the README's "where things live" table names every machinery module
+and nothing that is not there."""
 
 import ast
 import re
+import subprocess
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 HUB_FILES = ["configuration_rad_dino.py", "modeling_rad_dino.py", "image_processing_rad_dino.py"]
-ENTRY_POINTS = {"train_pretrain", "train_downstream"}
+ENTRY_POINTS = {"train_pretrain", "train_downstream"}  # the scripts at the root; their code is in rad_dino_hf/cli/
 PACKAGE = "rad_dino_hf"
+CLI = f"{PACKAGE}.cli"  # the command lines (console scripts), above the machinery
 
 
-def imported_modules(path: Path) -> set[str]:
-    """Top-level names of every module `path` imports (at any depth of the file, including inside functions)."""
+def imported_module_paths(path: Path) -> set[str]:
+    """Full dotted names of every module `path` imports (at any depth of the file, including inside functions)."""
     names = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
-            names.update(alias.name.split(".")[0] for alias in node.names)
+            names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module.split(".")[0])
+            names.add(node.module)
     return names
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Top-level names of every module `path` imports."""
+    return {name.split(".")[0] for name in imported_module_paths(path)}
+
+
+def machinery_modules() -> list[Path]:
+    """The package's files below the command lines (everything but rad_dino_hf/cli/)."""
+    return [path for path in sorted((REPO / PACKAGE).rglob("*.py")) if "cli" not in path.relative_to(REPO).parts]
 
 
 def test_hub_files_import_only_each_other_and_libraries():
@@ -30,12 +45,22 @@ def test_hub_files_import_only_each_other_and_libraries():
 
 
 def test_machinery_never_imports_the_entry_points():
-    for path in sorted((REPO / PACKAGE).rglob("*.py")):
+    for path in machinery_modules():
+        imported = imported_module_paths(path)
         assert not imported_modules(path) & ENTRY_POINTS, path
+        assert not [name for name in imported if name == CLI or name.startswith(f"{CLI}.")], path
+
+
+def test_root_scripts_only_call_the_command_lines():
+    # `python train_pretrain.py` / `accelerate launch train_pretrain.py` run the same code as the console scripts.
+    for name in ENTRY_POINTS:
+        script = REPO / f"{name}.py"
+        assert imported_module_paths(script) == {f"{CLI}.{name.removeprefix('train_')}"}, script
+        assert len(script.read_text(encoding="utf-8").splitlines()) < 15, script
 
 
 def test_downstream_entry_point_only_dispatches():
-    assert len((REPO / "train_downstream.py").read_text(encoding="utf-8").splitlines()) < 200
+    assert len((REPO / PACKAGE / "cli" / "downstream.py").read_text(encoding="utf-8").splitlines()) < 200
 
 
 def where_things_live() -> list[str]:
@@ -62,7 +87,7 @@ def test_readme_table_matches_the_tree():
 
 def test_machinery_never_imports_the_command_lines():
     # rad_dino_hf/tasks/ is the downstream command line; the machinery below it must be usable without it.
-    for path in sorted((REPO / PACKAGE).rglob("*.py")):
+    for path in machinery_modules():
         if "tasks" in path.relative_to(REPO / PACKAGE).parts:
             continue
         tree = ast.parse(path.read_text(encoding="utf-8"))
@@ -87,3 +112,40 @@ def test_one_meaning_per_module_name():
     package_level = {path.stem for path in (REPO / PACKAGE).iterdir() if path.name != "__init__.py"}
     top_level = {path.stem for path in REPO.iterdir() if not path.name.startswith(".")} - {PACKAGE}
     assert not package_level & top_level, package_level & top_level
+
+
+# `sys.path.insert(...)`, `sys.path.append(...)`, `sys.path[:0] = ...`, `sys.path = ...`, `sys.path += ...`,
+# `site.addsitedir(...)`, pytest's `pythonpath = .` and a PYTHONPATH set in a shell or an environment dict.
+PATH_EDIT = re.compile(
+    r"sys\.path\s*(\.\s*(insert|append|extend)\s*\(|(\[[^\]]*\])?\s*\+?=(?!=))"
+    r"|site\.addsitedir\s*\("
+    r"|\bpythonpath\b[\"']?\s*(\]\s*)?(:|=(?!=))",
+    re.IGNORECASE,
+)
+TEXT_SUFFIXES = {".py", ".ini", ".toml", ".cfg", ".txt", ".sh", ".yaml", ".yml", ".md", ""}
+
+
+def test_path_edit_pattern_catches_each_form():
+    edits = ["sys.path.insert(0, root)", "sys.path.append(x)", "sys.path[:0] = [x]", "sys.path += [x]",
+             "sys.path = [x]", "site.addsitedir(x)", "pythonpath = .", "PYTHONPATH=. python x.py",
+             'env={"PYTHONPATH": "."}', 'os.environ["PYTHONPATH"] = root']  # fmt: skip
+    assert [edit for edit in edits if not PATH_EDIT.search(edit)] == []
+    reads = ["print(sys.path)", "x in sys.path", "if sys.path == y:", 'if key != "PYTHONPATH"}', "sys.path[0] == x"]
+    assert [text for text in reads if PATH_EDIT.search(text)] == []
+
+
+def test_nothing_edits_the_import_path():
+    # Everything imports through the installed project (`pip install -e .`): a path edit hides a packaging fault.
+    try:
+        listed = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout: the tracked files are unknown")
+    tracked = [REPO / name for name in listed.stdout.split("\0") if name]
+    texts = [path for path in tracked if path.suffix in TEXT_SUFFIXES and path.is_file()]
+    offenders = [
+        f"{path.relative_to(REPO)}: {match.group(0)}"
+        for path in texts
+        if path != Path(__file__).resolve()
+        for match in PATH_EDIT.finditer(path.read_text(encoding="utf-8"))
+    ]
+    assert not offenders, offenders

@@ -1,7 +1,6 @@
 """Downstream metrics against independent references: scikit-learn, scipy, numpy and hand-computed values."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -313,7 +312,7 @@ def test_evaluate_modules_load_offline_and_agree(monkeypatch, tmp_path):
 
 def test_importing_rad_dino_metrics_does_not_import_evaluate():
     code = "import sys, rad_dino_hf.metrics; assert 'evaluate' not in sys.modules"
-    subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True, env={**os.environ, "PYTHONPATH": "."})
+    subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True)
 
 
 # ---------------------------------------------------------------- plots

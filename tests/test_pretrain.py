@@ -16,7 +16,7 @@ import yaml
 from safetensors.torch import load_file
 from transformers import AutoModel, Dinov2Model
 
-import train_pretrain
+import rad_dino_hf.cli.pretrain as train_pretrain
 from configuration_rad_dino import RadDinoConfig
 from modeling_rad_dino import RadDinoModel
 from rad_dino_hf import ssl_model
@@ -254,10 +254,9 @@ KILL_DURING_SECOND_CHECKPOINT = textwrap.dedent(
     """
     import os, signal, sys
     from pathlib import Path
-    sys.path.insert(0, {repo!r})
     import accelerate
     original = accelerate.Accelerator.save_state
-    calls = {{"n": 0}}
+    calls = {"n": 0}
 
     def save_then_die(self, output_dir=None, **kwargs):
         calls["n"] += 1
@@ -268,8 +267,8 @@ KILL_DURING_SECOND_CHECKPOINT = textwrap.dedent(
         return original(self, output_dir, **kwargs)
 
     accelerate.Accelerator.save_state = save_then_die
-    import train_pretrain
-    train_pretrain.main(sys.argv[1:])
+    from rad_dino_hf.cli.pretrain import main
+    main(sys.argv[1:])
     """
 )
 
@@ -277,7 +276,7 @@ KILL_DURING_SECOND_CHECKPOINT = textwrap.dedent(
 def test_sigkill_while_checkpointing_resumes_from_previous(tmp_path, images):
     config = write_recipe(tmp_path, images, checkpoint_every=2)
     script = tmp_path / "killed_run.py"
-    script.write_text(KILL_DURING_SECOND_CHECKPOINT.format(repo=str(REPO_ROOT)))
+    script.write_text(KILL_DURING_SECOND_CHECKPOINT)
     result = subprocess.run(
         [sys.executable, str(script), "--config", str(config), "--no-progress", "--set", "train.max_iterations=6"],
         cwd=REPO_ROOT,

@@ -240,7 +240,7 @@ def test_beam_search_and_repetition_penalty_run(generator, pairs):
 
 
 def test_report_command_trains_saves_and_reloads(pair_folder, tiny_model, image_processor, tmp_path):
-    from train_downstream import main
+    from rad_dino_hf.cli.downstream import main
 
     tiny_model.save_pretrained(tmp_path / "encoder")
     image_processor.save_pretrained(tmp_path / "encoder")

@@ -8,7 +8,7 @@ import numpy as np
 import PIL.Image
 import torch
 
-import train_downstream
+import rad_dino_hf.cli.downstream as train_downstream
 from image_processing_rad_dino import RadDinoImageProcessor
 from rad_dino_hf.segmentation_decoder import foreground_dice, mask_like_processor
 

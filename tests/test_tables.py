@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from datasets import Dataset, Features, Image, Value
 
-import train_downstream
+import rad_dino_hf.cli.downstream as train_downstream
 import rad_dino_hf.tables
 from rad_dino_hf.probe import REGULARISATION_GRID, per_label_probabilities
 from rad_dino_hf.tables import read_labelled_table
