@@ -3,6 +3,7 @@
 Sex is coded 1 = male, 0 = female (`m`, `male`, `f`, `female`, any case), so the reported AUROC is that of the
 "male" score; anything else (empty, `other`, `unknown`) is missing. Age is in years (`52`, `52.5`, `052Y` as in DICOM
 PatientAge); empty, unparseable, negative or over 130 is missing. A row missing one target still serves the other.
+A target with too few known values to fit and score (see `skip_reason`) is skipped, and says why.
 """
 
 import logging
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rad_dino_hf.errors import UserError
 from rad_dino_hf.metrics import demographics_metrics
 from rad_dino_hf.probe import fit_linear_probe, fit_ridge_probe
 from rad_dino_hf.tables import load_table
@@ -23,6 +25,8 @@ logger = logging.getLogger(__name__)
 SEX_CODES = {"m": 1.0, "male": 1.0, "f": 0.0, "female": 0.0}
 AGE_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*[yY]?\s*$")
 MAX_AGE = 130.0
+MIN_TRAIN_PATIENTS = 5  # the regularisation is chosen by 5-fold patient-grouped CV: one patient a fold at least
+MIN_VALIDATION_IMAGES = 2  # Pearson r and AUROC need two values
 
 
 def parse_sex(value: str | None) -> float:
@@ -87,6 +91,20 @@ def _known(values: np.ndarray, indices: np.ndarray, name: str, split: str) -> np
     return kept
 
 
+def skip_reason(name: str, values: np.ndarray, train: np.ndarray, val: np.ndarray, patients: np.ndarray) -> str | None:
+    """Why target `name` cannot be probed with the known `values` of rows `train` and `val`, or None if it can."""
+    n_patients = len(set(patients[train]))
+    if n_patients < MIN_TRAIN_PATIENTS:
+        return f"{n_patients} training patients with a known {name}; the probe needs {MIN_TRAIN_PATIENTS}"
+    if len(val) < MIN_VALIDATION_IMAGES:
+        return f"{len(val)} validation images with a known {name}; scoring needs {MIN_VALIDATION_IMAGES}"
+    if name == "sex":
+        for split, rows in (("training", train), ("validation", val)):
+            if len(set(values[rows])) < 2:
+                return f"one sex only in the {split} split"
+    return None
+
+
 def demographics_probe(
     vectors: np.ndarray, table: DemographicsTable, train: np.ndarray, val: np.ndarray, seed: int = 0
 ) -> tuple[dict, dict[str, TargetPredictions]]:
@@ -94,13 +112,16 @@ def demographics_probe(
     probes on `(N, F)` `vectors[train]` and score `vectors[val]`, each on the rows where its target is known.
 
     Returns `rad_dino_hf.metrics.demographics_metrics` (sex AUROC, age MAE and Pearson r with 95 % bootstrap intervals)
-    plus each target's chosen regularisation and train/validation counts, and the validation predictions per target.
+    plus each target's chosen regularisation and train/validation counts, or `{"skipped": reason}` for a target with
+    too few known values; and the validation predictions per probed target.
     """
-    predictions, regularisation = {}, {}
+    predictions, regularisation, skipped = {}, {}, {}
     for name, values in (("sex", table.sex), ("age", table.age)):
         train_rows, val_rows = _known(values, train, name, "training"), _known(values, val, name, "validation")
-        if len(train_rows) == 0 or len(val_rows) == 0:
-            logger.warning("%s: no known values in the training or validation split; not probed", name)
+        reason = skip_reason(name, values, train_rows, val_rows, table.patients)
+        if reason:
+            logger.warning("%s probe skipped: %s", name, reason)
+            skipped[name] = {"skipped": reason}
             continue
         features, patients = vectors[train_rows], table.patients[train_rows]
         if name == "sex":
@@ -113,7 +134,8 @@ def demographics_probe(
             regularisation[name] = {"alpha": float(model[-1].alpha_)}
         predictions[name] = TargetPredictions(val_rows, values[val_rows], predicted, train_rows)
     if not predictions:
-        raise ValueError("Neither sex nor age could be probed: no known values on both sides of the split")
+        reasons = "; ".join(f"{name}: {value['skipped']}" for name, value in skipped.items())
+        raise UserError(f"Neither sex nor age could be probed ({reasons})")
     inputs = {}
     if "age" in predictions:
         inputs.update(age_targets=predictions["age"].targets, age_predictions=predictions["age"].predictions)
@@ -122,4 +144,4 @@ def demographics_probe(
     results = demographics_metrics(**inputs, seed=seed)
     for name, target in predictions.items():
         results[name].update(regularisation[name], n_train=int(len(target.train_rows)))
-    return results, predictions
+    return results | skipped, predictions

@@ -11,7 +11,7 @@ Samples that cannot be decoded are not fatal: `decode_or_none` returns None, the
 folder with fewer files, as many samples as it has files) were all unreadable.
 
 Source spec on the command line: `[kind:]location[@weight]`, kind one of hub, folder, parquet, webdataset
-(guessed when omitted), e.g. `../shared/data/hannover-covid/images@2` or `hub:someone/cxr-dataset@0.5`.
+(guessed when omitted), e.g. `data/sample/images@2` or `hub:someone/cxr-dataset@0.5`.
 """
 
 import functools

@@ -1,6 +1,6 @@
 """Labelled image tables for the downstream tasks, read through HuggingFace `datasets`, and patient-level splits.
 
-A table is a `.csv`, `.parquet` or `.jsonl` / `.json` file, a folder holding a `metadata.csv` (as `../shared/data`),
+A table is a `.csv`, `.parquet` or `.jsonl` / `.json` file, a folder holding a `metadata.csv` (as `data/sample`),
 or a Hub dataset id. Its image column holds file paths; relative paths resolve from an image root (default: the
 table's folder). One label column gives a multi-class target (the sorted distinct values are the classes); several
 give a multi-label target, one 0/1 label per column.

@@ -9,6 +9,13 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "fresh_clone: runs the commands in a copy of the checkout with no ../shared (test_fresh_clone.py)"
+    )
+
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = REPO_ROOT / "data" / "sample"
 
@@ -55,9 +62,13 @@ def tiny_model_dir(tiny_model, tmp_path):
 
 @pytest.fixture
 def labelled_sample_csv(tmp_path) -> Path:
-    """The embedded sample's 12 labelled pediatric images (4 per class, 12 patients) as a probe CSV."""
+    """12 of the embedded sample's labelled pediatric images (its first 4 per class, 12 patients) as a probe CSV:
+    few enough to keep the tests that encode them fast."""
     with open(SAMPLE / "metadata.csv", encoding="utf-8") as handle:
-        rows = [row for row in csv.DictReader(handle) if row["label"]]
+        labelled = [row for row in csv.DictReader(handle) if row["label"]]
+    rows = [
+        row for label in ("normal", "bacterial", "viral") for row in [r for r in labelled if r["label"] == label][:4]
+    ]
     path = tmp_path / "probe.csv"
     with open(path, "w", encoding="utf-8", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["file", "label", "patient"])

@@ -137,6 +137,7 @@ def test_report_command_saves_its_base_with_the_trained_adapter_merged(tiny_mode
     output = tmp_path / "out"
     train_downstream.main(
         ["report", "--encoder", str(tmp_path / "encoder"), "--data", str(tmp_path / "data"), "--val-fraction", "0.3"]
+        + ["--text-column", "clinical_notes"]
         + ["--tiny-hidden-size", "32", "--tiny-layers", "1", "--tiny-vocab-size", "300", "--max-report-tokens", "24"]
         + ["--lm-epochs", "1", "--stage1-epochs", "1", "--stage2-epochs", "2", "--lora-rank", "2", "--batch-size", "2"]
         + ["--max-new-tokens", "2", "--train-eval-size", "1", "--output", str(output)]

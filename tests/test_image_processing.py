@@ -476,17 +476,31 @@ def test_embedded_sample(processor):
     if not metadata.is_file():
         pytest.skip(f"embedded sample not found at {SAMPLE_DIR}")
     rows = list(csv.DictReader(metadata.open()))
-    assert len(rows) == 24
-    assert list(rows[0].keys()) == ["file", "source", "label", "patient", "license"]
+    assert list(rows[0].keys()) == [
+        "file", "source", "patient", "license", "label", "sex", "age", "lung_mask", "report", "report_source"
+    ]  # fmt: skip
     assert (SAMPLE_DIR / "ATTRIBUTION.md").is_file()
-    total = sum((SAMPLE_DIR / r["file"]).stat().st_size for r in rows)
-    assert total <= 5 * 1024 * 1024
+    files = [path for path in SAMPLE_DIR.rglob("*") if path.is_file()]
+    assert sum(path.stat().st_size for path in files) <= 10 * 1024 * 1024
+    listed = {SAMPLE_DIR / row["file"] for row in rows} | {
+        SAMPLE_DIR / row["lung_mask"] for row in rows if row["lung_mask"]
+    }
+    assert listed == set(files) - {metadata, SAMPLE_DIR / "ATTRIBUTION.md"}  # every file listed, nothing missing
     by_source: dict[str, set] = {}
     for row in rows:
         by_source.setdefault(row["source"], set()).add(row["patient"])
-    assert {k: len(v) for k, v in by_source.items()} == {"pediatric-pneumonia": 12, "hannover-covid": 12}
+    patients = {"pediatric-pneumonia": 36, "hannover-covid": 28, "covid-chestxray": 2, "pydicom-data": 1}
+    assert {k: len(v) for k, v in by_source.items()} == patients
+    assert len(rows) == sum(patients.values())  # one image a patient
+    assert {row["license"] for row in rows} == {"CC BY 4.0", "CC BY 3.0", "MIT"}
     labels = [r["label"] for r in rows if r["source"] == "pediatric-pneumonia"]
-    assert sorted(set(labels)) == ["bacterial", "normal", "viral"] and all(labels.count(x) == 4 for x in set(labels))
+    assert sorted(set(labels)) == ["bacterial", "normal", "viral"] and all(labels.count(x) == 12 for x in set(labels))
+    assert {r["report_source"] for r in rows if r["report"]} == {"template from the label", "case report notes"}
+    for row in rows:
+        if row["lung_mask"]:
+            mask = np.asarray(Image.open(SAMPLE_DIR / row["lung_mask"]))
+            assert mask.shape == read_image(SAMPLE_DIR / row["file"]).shape[:2]
+            assert set(np.unique(mask)) <= {0, 1, 255}
     image = read_image(SAMPLE_DIR / rows[0]["file"])
     assert image.dtype == np.uint8 and min(image.shape[:2]) >= MIN_IMAGE_SIDE
     assert processor(io.BytesIO((SAMPLE_DIR / rows[-1]["file"]).read_bytes()).getvalue(), return_tensors="np")[

@@ -244,7 +244,8 @@ def test_report_command_trains_saves_and_reloads(pair_folder, tiny_model, image_
 
     tiny_model.save_pretrained(tmp_path / "encoder")
     image_processor.save_pretrained(tmp_path / "encoder")
-    common = ["--data", str(pair_folder), "--val-fraction", "0.3", "--max-new-tokens", "5", "--batch-size", "2"]
+    common = ["--data", str(pair_folder), "--text-column", "clinical_notes", "--val-fraction", "0.3"]
+    common += ["--max-new-tokens", "5", "--batch-size", "2"]
     tiny = ["--tiny-hidden-size", "32", "--tiny-layers", "1", "--tiny-vocab-size", "300", "--max-report-tokens", "24"]
     epochs = ["--lm-epochs", "2", "--stage1-epochs", "1", "--stage2-epochs", "2", "--lora-rank", "2"]
     output = tmp_path / "report"

@@ -8,13 +8,10 @@ the arguments (they differ between tasks, e.g. the batch size), not in the datac
 import argparse
 import dataclasses
 import typing
-from pathlib import Path
 
+from rad_dino_hf import embedded_sample
 from rad_dino_hf.encoders import RELEASED_MODEL_ID
 from rad_dino_hf.tables import UNCERTAIN_POLICIES
-
-REPO = Path(__file__).resolve().parents[2]
-SHARED_DATA = REPO.parent / "shared" / "data"
 
 T = typing.TypeVar("T")
 
@@ -100,9 +97,10 @@ def add_table_arguments(parser: argparse.ArgumentParser) -> None:
         "--table",
         "--csv",
         dest="table",
-        default=str(SHARED_DATA / "pediatric-pneumonia" / "train.csv"),
+        default=str(embedded_sample.TABLE),
         help="labelled images: a .csv, .parquet or .jsonl/.json file, a folder with a metadata.csv, or a Hub dataset "
-        "id; image-path, label and patient columns",
+        "id; image-path, label and patient columns. The default, the embedded sample, labels 36 pediatric radiographs "
+        "normal, bacterial or viral; its unlabelled rows are left out",
     )
     parser.add_argument(
         "--split", dest="hub_split", metavar="SPLIT", default="train", help="the Hub dataset's split (Hub ids only)"

@@ -14,6 +14,7 @@ from accelerate import Accelerator
 
 from image_processing_rad_dino import RadDinoImageProcessor
 from modeling_rad_dino import RadDinoModel
+from rad_dino_hf import embedded_sample
 from rad_dino_hf.encoders import cached_features, load_encoder
 from rad_dino_hf.plots import plot_confusion_matrix, plot_roc_curves
 from rad_dino_hf.tables import LabelledTable, patient_split, read_labelled_table
@@ -101,7 +102,7 @@ class LabelledSplit(LabelledTable):
 def labelled_split(table: TableOptions, split: SplitOptions, task: str) -> LabelledSplit:
     """The table's labelled rows, split by patient."""
     data = read_labelled_table(
-        table.table,
+        embedded_sample.require(table.table, "--table"),
         table.image_column,
         table.label_column,
         table.patient_column,

@@ -1,6 +1,8 @@
 """Sex (logistic regression, AUROC) and age (ridge regression, MAE and Pearson r) on frozen features of the images
-in folders with a metadata.csv (default: covid-chestxray). Rows missing a value are dropped for that target only;
-patient-level split; 95 % bootstrap intervals, an age scatter plot, a sex ROC curve and per-image predictions."""
+in folders with a metadata.csv (default: the embedded sample, where 30 adults have a sex and only 2 an age, too few
+for the age probe). Rows missing a value are dropped for that target only; a target with too few known values is
+skipped, with the reason in the log and in metrics.json. Patient-level split; 95 % bootstrap intervals, an age
+scatter plot, a sex ROC curve and per-image predictions."""
 
 import argparse
 import json
@@ -13,7 +15,8 @@ from accelerate import Accelerator
 from rad_dino_hf.demographic_probes import demographics_probe, read_demographics
 from rad_dino_hf.plots import plot_regression_scatter, plot_roc_curves
 from rad_dino_hf.tables import patient_split
-from rad_dino_hf.tasks.arguments import SHARED_DATA, FrozenTaskOptions, add_frozen_task_arguments
+from rad_dino_hf import embedded_sample
+from rad_dino_hf.tasks.arguments import FrozenTaskOptions, add_frozen_task_arguments
 from rad_dino_hf.tasks.common import frozen_features, write_csv
 
 logger = logging.getLogger("rad_dino_hf")
@@ -32,8 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data",
         nargs="+",
-        default=[str(SHARED_DATA / "covid-chestxray")],
-        help="folders with metadata.csv (file, patient, ...)",
+        default=[str(embedded_sample.SAMPLE_DIR)],
+        help="folders with metadata.csv (file, patient, sex and age columns); by default the embedded sample",
     )
     parser.add_argument("--sex-column", default="sex", help="m/male -> male (1), f/female -> female (0)")
     parser.add_argument("--age-column", default="age", help="years (52, 52.5 or 052Y)")
@@ -41,7 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(options: Options, accelerator: Accelerator) -> dict | None:
-    table = read_demographics(options.data, options.sex_column, options.age_column)
+    folders = [embedded_sample.require(folder, "--data") for folder in options.data]
+    table = read_demographics(folders, options.sex_column, options.age_column)
     vectors, info = frozen_features(options.encoder, options.cache, table.files, accelerator)
     if not accelerator.is_main_process:
         return None
@@ -72,6 +76,7 @@ def run(options: Options, accelerator: Accelerator) -> dict | None:
             multilabel=True,
             title=summary[-1],
         )
+    summary += [f"{name} skipped ({value['skipped']})" for name, value in results.items() if "skipped" in value]
     write_csv(
         output / "predictions.csv",
         ["target", "file", "patient", "true", "predicted"],

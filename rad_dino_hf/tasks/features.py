@@ -19,10 +19,12 @@ from huggingface_hub import HfApi
 from rad_dino_hf.embeddings import DTYPES, PATCH_DTYPES, EmbeddingSettings, open_input, write_embeddings
 from rad_dino_hf.encoders import extract_features, load_encoder
 from rad_dino_hf.plots import patch_pca_rgb, save_pca_figure
-from rad_dino_hf.tasks.arguments import REPO, EncoderOptions, add_encoder_arguments
+from rad_dino_hf import embedded_sample
+from rad_dino_hf.tasks.arguments import EncoderOptions, add_encoder_arguments
 from rad_dino_hf.tasks.common import encoder_view
 
 logger = logging.getLogger("rad_dino_hf")
+DEFAULT_OUTPUT = "outputs/features"  # also the similar command's default index
 
 
 @dataclass
@@ -47,16 +49,16 @@ class Options:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--images",
-        default=str(REPO / "data" / "sample" / "images"),
-        help="folder of images/DICOM, a table (.csv, .parquet, .jsonl, folder with metadata.csv) or a Hub dataset id "
-        "(default: embedded sample)",
+        default=str(embedded_sample.IMAGES),
+        help="folder of images/DICOM, a table (.csv, .parquet, .jsonl, folder with metadata.csv) or a Hub dataset id; "
+        "by default the embedded sample's radiographs",
     )
     parser.add_argument("--image-column", default="file", help="a table's column of image paths or images")
     parser.add_argument("--split", dest="hub_split", default="train", help="the Hub dataset's split")
     parser.add_argument("--streaming", action="store_true", help="read the Hub dataset as a stream")
     parser.add_argument("--image-root", help="folder a table's relative image paths start from")
     add_encoder_arguments(parser, batch_size=16)
-    parser.add_argument("--output", default="outputs/features", help="folder of the embeddings dataset")
+    parser.add_argument("--output", default=DEFAULT_OUTPUT, help="folder of the embeddings dataset")
     parser.add_argument("--shard-size", type=int, default=1024, help="rows per Parquet shard")
     parser.add_argument("--num-workers", type=int, default=2, help="DataLoader workers reading and preprocessing")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="forward precision")
@@ -76,7 +78,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(options: Options, accelerator: Accelerator) -> dict | None:
     if options.patch_grid and not options.save_patches:
         raise ValueError("--patch-grid pools the stored patch maps: pass --save-patches too")
-    source = open_input(options.images, options.image_column, options.hub_split, options.streaming, options.image_root)
+    images = embedded_sample.require(options.images, "--images")
+    source = open_input(images, options.image_column, options.hub_split, options.streaming, options.image_root)
     model, processor, name = load_encoder(options.encoder.model)
     settings = EmbeddingSettings(
         batch_size=options.encoder.batch_size,

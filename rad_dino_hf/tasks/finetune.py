@@ -2,7 +2,7 @@
 only the head) with Accelerate, as a plain process or under `accelerate launch`; AdamW, cosine schedule with
 warmup, layer-wise lr decay optional. Writes linear-probe's metrics and pictures plus a loss curve, and saves the
 model for `from_pretrained` (LoRA: the adapter, and the model with the adapter merged in). On a CPU use a small
-encoder."""
+encoder. With no --table it runs on the embedded sample's labelled images."""
 
 import argparse
 import dataclasses

@@ -1,6 +1,6 @@
 """Weighted k-nearest-neighbour classification of a labelled table (as linear-probe's) on cached frozen features,
 as DINO's k-NN evaluation: cosine similarity, k = 20, votes weighted by exp(similarity / 0.07). Same patient split,
-metrics and pictures as linear-probe."""
+metrics and pictures as linear-probe; with no --table, the embedded sample's labelled images."""
 
 import argparse
 from dataclasses import dataclass

@@ -3,7 +3,8 @@ image-path, a label and a patient column (--table: CSV, parquet or JSON lines fi
 a Hub dataset id, read with HF datasets). Several --label-column's make a multi-label task (0/1 columns, one binary
 regression per label). Patient-level split; C by patient-grouped 5-fold CV; accuracy, AUROC and AUPRC with 95 %
 bootstrap intervals, ROC curves, a confusion matrix (multi-class) and per-image predictions. Features are cached,
-so reruns skip the encoder."""
+so reruns skip the encoder. With no --table it runs on the embedded sample's 36 labelled pediatric radiographs
+(normal, bacterial, viral; 36 patients)."""
 
 import argparse
 from dataclasses import dataclass

@@ -1,5 +1,6 @@
 """Train a segmentation decoder (`linear`, DINOv2's linear head, or `upsample`) on a frozen encoder's patch maps
-from folders with a metadata.csv (file, patient and mask columns); patient-level split. Reports lung Dice per image
+from folders with a metadata.csv (file, patient and mask columns; default: the embedded sample's 22 radiographs
+with a lung mask); patient-level split. Reports lung Dice per image
 with a 95 % bootstrap interval and pooled Dice/IoU, draws overlays of validation images, and saves the model for
 `RadDinoForSemanticSegmentation.from_pretrained`."""
 
@@ -20,7 +21,8 @@ from rad_dino_hf.plots import plot_segmentation_overlay
 from rad_dino_hf.segmentation_decoder import foreground_dice, mask_like_processor, predict, train_decoder
 from rad_dino_hf.supervised import fresh_training_log
 from rad_dino_hf.tables import load_table, patient_split
-from rad_dino_hf.tasks.arguments import SHARED_DATA, FrozenTaskOptions, add_frozen_task_arguments
+from rad_dino_hf import embedded_sample
+from rad_dino_hf.tasks.arguments import FrozenTaskOptions, add_frozen_task_arguments
 from rad_dino_hf.tasks.common import encode, encoder_view
 
 logger = logging.getLogger("rad_dino_hf")
@@ -43,10 +45,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data",
         nargs="+",
-        default=[str(SHARED_DATA / name) for name in ("hannover-covid", "covid-chestxray")],
-        help="folders with metadata.csv (file, patient and mask columns)",
+        default=[str(embedded_sample.SAMPLE_DIR)],
+        help="folders with metadata.csv (file, patient and mask columns); by default the embedded sample",
     )
-    parser.add_argument("--mask-column", default="lung_mask", help="column of mask paths (0 background, 1 lung)")
+    parser.add_argument(
+        "--mask-column", default="lung_mask", help="column of mask paths (0 background, 1 lung, 255 ignored)"
+    )
     parser.add_argument(
         "--decoder",
         choices=["linear", "upsample"],
@@ -75,7 +79,8 @@ def read_masked_sets(folders: list[str], mask_column: str) -> tuple[list[Path], 
 
 
 def run(options: Options, accelerator: Accelerator) -> dict | None:
-    images, mask_files, patients = read_masked_sets(options.data, options.mask_column)
+    folders = [embedded_sample.require(folder, "--data") for folder in options.data]
+    images, mask_files, patients = read_masked_sets(folders, options.mask_column)
     encoding = encode(options.encoder, images, accelerator, options.cache, patches=True)
     encoder, processor, seed = encoding.model, encoding.processor, options.split.seed
     masks = [mask_like_processor(str(path), processor, image) for path, image in zip(mask_files, images)]

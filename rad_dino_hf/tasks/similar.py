@@ -2,7 +2,9 @@
 token or CLS ⊕ mean patch token, one shard in memory at a time. A query that is in the dataset (same file) uses its
 stored vector; any other is encoded with the dataset's encoder (or --model). Prints a table and writes
 neighbours.csv and a contact sheet (query, then its neighbours with their scores). With --duplicates, lists the
-pairs of images in the dataset at or above --threshold instead (near-duplicates to remove before a patient split)."""
+pairs of images in the dataset at or above --threshold instead (near-duplicates to remove before a patient split).
+With no arguments, the index is the features command's default output and the query the embedded sample's first
+image: run `features` first."""
 
 import argparse
 import logging
@@ -25,10 +27,13 @@ from rad_dino_hf.embeddings import (
     read_metadata,
     search_vectors,
 )
+from rad_dino_hf import embedded_sample
 from rad_dino_hf.encoders import load_encoder
 from rad_dino_hf.fingerprint import parameter_digest
+from rad_dino_hf.errors import UserError
 from rad_dino_hf.plots import save_contact_sheet
 from rad_dino_hf.tasks.common import encoder_view, write_csv
+from rad_dino_hf.tasks.features import DEFAULT_OUTPUT
 
 logger = logging.getLogger("rad_dino_hf")
 
@@ -46,8 +51,16 @@ class Options:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("queries", nargs="*", metavar="QUERY", help="image or DICOM files")
-    parser.add_argument("--index", required=True, help="embeddings dataset folder (the features command's --output)")
+    parser.add_argument(
+        "queries",
+        nargs="*",
+        metavar="QUERY",
+        help=f"image or DICOM files (default, without --duplicates: the embedded sample's "
+        f"{embedded_sample.QUERY_IMAGE.name})",
+    )
+    parser.add_argument(
+        "--index", default=DEFAULT_OUTPUT, help="embeddings dataset folder (the features command's --output)"
+    )
     parser.add_argument("-k", "--k", type=int, default=8, help="neighbours per query")
     parser.add_argument(
         "--features", choices=["cls", "cls_mean"], default="cls_mean", help="CLS, or CLS ⊕ mean patch token"
@@ -90,7 +103,10 @@ def run(options: Options, accelerator: Accelerator) -> dict | None:
     if not accelerator.is_main_process:
         return None
     if not (Path(options.index) / METADATA_FILE).is_file():
-        raise FileNotFoundError(f"{options.index} is not an embeddings dataset (no {METADATA_FILE})")
+        raise UserError(
+            f"{options.index} is not an embeddings dataset (no {METADATA_FILE}): run `python train_downstream.py "
+            f"features --output {options.index}` first, or pass --index"
+        )
     output = Path(options.output)
     output.mkdir(parents=True, exist_ok=True)
     if options.duplicates:
@@ -105,7 +121,7 @@ def run(options: Options, accelerator: Accelerator) -> dict | None:
         logger.info("%d pairs at cosine >= %.3f; all in %s", len(pairs), options.threshold, output / "duplicates.csv")
         return {"duplicates": [(score, a["id"], b["id"]) for score, a, b in pairs]}
     if not options.queries:
-        raise ValueError("Give query images, or --duplicates")
+        options.queries = [embedded_sample.require(embedded_sample.QUERY_IMAGE, "QUERY files")]
     metadata = read_metadata(options.index)
     queries, processor = query_vectors(options, metadata)
     scores, neighbours = nearest(options.index, queries, options.k, options.features)

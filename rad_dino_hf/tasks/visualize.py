@@ -1,5 +1,6 @@
 """For each image or DICOM file given: the patch-feature PCA and the last layer's CLS attention per head, in one
-picture per file (`<stem>_attention.png`)."""
+picture per file (`<stem>_attention.png`). With no file given, the embedded sample's DICOM (a MONOCHROME1 chest
+radiograph from pydicom-data)."""
 
 import argparse
 import logging
@@ -10,6 +11,7 @@ import torch
 from accelerate import Accelerator
 
 from modeling_rad_dino import RadDinoModel
+from rad_dino_hf import embedded_sample
 from rad_dino_hf.encoders import load_encoder
 from rad_dino_hf.plots import cls_attention_maps, patch_pca_rgb, save_attention_figure
 from rad_dino_hf.tasks.arguments import EncoderOptions, add_encoder_arguments
@@ -26,7 +28,13 @@ class Options:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("images", nargs="+", help="image or DICOM files")
+    parser.add_argument(
+        "images",
+        nargs="*",
+        metavar="FILE",
+        default=[str(embedded_sample.DICOM)],
+        help="image or DICOM files",
+    )
     add_encoder_arguments(parser)
     parser.add_argument("--output", default="outputs/visualize", help="output folder")
 
@@ -35,12 +43,13 @@ def run(options: Options, accelerator: Accelerator) -> list[Path] | None:
     """The pictures' paths. A few files need no sharing: the main process draws them all."""
     if not accelerator.is_main_process:
         return None
+    sources = [embedded_sample.require(path, "FILE arguments") for path in options.images]
     model, processor, model_name = load_encoder(options.encoder.model)
     # Attention maps need the eager attention path (sdpa never materialises the weights).
     eager = RadDinoModel._from_config(model.config, attn_implementation="eager").eval()
     eager.load_state_dict(model.state_dict())
     output, pictures = Path(options.output), []
-    for source in options.images:
+    for source in sources:
         pixels = processor(str(source), return_tensors="pt")["pixel_values"]
         with torch.inference_mode():
             result = eager(pixels, output_attentions=True)
