@@ -12,6 +12,7 @@ of eight). A tiny encoder and the smallest training settings keep it to about a 
 import csv
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -156,3 +157,73 @@ def test_a_missing_embedded_sample_names_the_option_to_pass(tmp_path, monkeypatc
     assert message.startswith("error: The embedded sample") and str(missing) in message and "--table" in message
     elsewhere = tmp_path / "mine.csv"  # a path outside the sample is the reader's business
     assert embedded_sample.require(elsewhere, "--table") == str(elsewhere)
+
+
+# Why a README shell example is not run here, by what it contains; every other example runs as written.
+DOWNSTREAM = "python train_downstream.py "
+README_SKIPS = {
+    "pip install": "set-up: .ci/run installs the project the same way before the tests",
+    "/path/to/": "names a file of the user's",
+    "hub:": "reads a Hub dataset (offline here)",
+    "microsoft/rad-dino": "downloads the released model (offline here)",
+    "--num_machines": "needs several GPU machines",
+    "--push-to-hub": "uploads to the Hub",
+}
+
+
+def readme_shell_examples() -> list[str]:
+    """Every command of the README's ```bash blocks, continuation lines joined, comments left out."""
+    text = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = [block.split("```", 1)[0] for block in text.split("```bash\n")[1:]]
+    commands = []
+    for block in blocks:
+        for command in block.replace("\\\n", " ").splitlines():
+            if command.strip() and not command.lstrip().startswith("#"):
+                commands.append(" ".join(command.split()))
+    return commands
+
+
+def readme_skip_reason(command: str) -> str | None:
+    return next((reason for marker, reason in README_SKIPS.items() if marker in command), None)
+
+
+def test_readme_shell_examples_run_as_written_on_a_fresh_clone(tiny_model_dir, tmp_path):
+    """The README's examples, in order, in a copy of the checkout with no `../shared`. `outputs/pretrain/export`
+    (what the README's first command writes, a few minutes of pretraining) is stood in for by a tiny encoder.
+    Pretraining examples run as typed, in bash; the downstream ones (`python train_downstream.py ARGS`) run with
+    the same ARGS through the copy's `train_downstream.main`, in one process, to save eight start-ups."""
+    copy = copy_checkout(tmp_path.resolve() / "clone" / "rad-dino")
+    shutil.copytree(tiny_model_dir, copy / "outputs" / "pretrain" / "export")
+    environment = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    environment["HF_HUB_OFFLINE"] = "1"
+    # `python` and the console scripts of the environment running the tests, as after the README's set-up.
+    environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{environment.get('PATH', '')}"
+    commands = readme_shell_examples()
+    assert len(commands) >= 12, commands
+    skipped = {command: reason for command in commands if (reason := readme_skip_reason(command))}
+    runnable = [command for command in commands if command not in skipped]
+    downstream = [command for command in runnable if command.startswith(DOWNSTREAM)]
+    # The downstream examples use the pretraining export only, so running them after the pretraining ones keeps
+    # the README's order where it matters (features before similar).
+    for command in (command for command in runnable if command not in downstream):
+        result = subprocess.run(
+            ["bash", "-c", command], cwd=copy, env=environment, capture_output=True, text=True, timeout=600
+        )
+        assert result.returncode == 0, f"{command}\n{result.stderr[-4000:]}"
+    arguments = [shlex.split(command.removeprefix(DOWNSTREAM)) for command in downstream]
+    ran = json.loads(run_in(copy, "-c", DRIVER, json.dumps(arguments)).stdout.splitlines()[-1])
+    print("skipped README examples:", json.dumps(skipped, indent=1))
+    print("seconds per downstream example:", ran["seconds"])
+    assert Path(ran["package"]).resolve() == (copy / "rad_dino_hf" / "__init__.py").resolve()
+    assert all(command.startswith(("python ", "rad-dino", "accelerate ")) for command in runnable), runnable
+    # Every downstream command has an example that ran.
+    from rad_dino_hf.cli.downstream import TASKS
+
+    assert sorted(ran["seconds"]) == sorted(TASKS), ran["seconds"]
+    assert (copy / "outputs" / "pretrain-short" / "export" / "README.md").is_file()
+
+
+def test_readme_skip_rules_leave_the_runnable_examples():
+    assert readme_skip_reason("python train_downstream.py knn --model outputs/pretrain/export") is None
+    assert readme_skip_reason("python train_downstream.py knn --table /path/to/x.csv") == "names a file of the user's"
+    assert "set-up" in readme_skip_reason("python3 -m venv .venv && pip install -e . && rad-dino-pretrain")

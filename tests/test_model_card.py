@@ -1,6 +1,6 @@
 """An export's model card describes that checkpoint: its architecture, size and data, computed at export.
 
-Run `python tests/test_model_card.py` to rewrite `docs/rad_dino_vitb14_model_card.md` after a change to the card.
+Run `python tests/test_model_card.py` to rewrite `model_card.md` (the ViT-B/14 recipe's card) after changing the card.
 """
 
 from pathlib import Path
@@ -20,7 +20,7 @@ from rad_dino_hf.trainer import RunOptions, pretrain
 
 REPO = Path(__file__).resolve().parents[1]
 VITB14_RECIPE = REPO / "configs" / "rad_dino_vitb14.yaml"
-EXAMPLE_CARD = REPO / "docs" / "rad_dino_vitb14_model_card.md"
+EXAMPLE_CARD = REPO / "model_card.md"
 # facebook/dinov2-base and microsoft/rad-dino: ViT-B/14 at 518 px, the defaults of `RadDinoConfig` (its docstring).
 RELEASED_VITB14 = RadDinoConfig()
 # Parameters of the released ViT-B/14 backbone (microsoft/rad-dino and facebook/dinov2-base list 86.6 M).
