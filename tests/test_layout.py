@@ -154,3 +154,11 @@ def test_nothing_edits_the_import_path():
         for match in PATH_EDIT.finditer(path.read_text(encoding="utf-8"))
     ]
     assert not offenders, offenders
+
+
+def test_readme_is_short_and_its_pictures_exist():
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= 300
+    pictures = re.findall(r"\]\((docs/[^)]+)\)|src=\"(docs/[^\"]+)\"", text)
+    paths = [path for pair in pictures for path in pair if path]
+    assert len(paths) >= 8 and not [path for path in paths if not (REPO / path).is_file()], paths
