@@ -147,6 +147,9 @@ def main() -> None:
     if args.quick:
         args.configs, args.steps, args.pipeline_images, args.precisions = ["tiny (smoke)"], 2, 16, ["no"]
         args.images = str(REPO / "data" / "sample" / "images")
+    if not Path(args.images).is_dir():  # the default is the project's shared data set, absent from a plain clone
+        print(f"skipped: {args.images} is not here; pass --images FOLDER (e.g. data/sample/images) or --quick")
+        return
 
     print(
         f"# bench_pretrain on {cpu_description()}; batch {args.batch}, {args.threads} threads, median of "

@@ -36,6 +36,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--pooling", type=int, default=2)
     args = parser.parse_args()
+    if not Path(args.data).exists():  # the default is the project's shared data set, absent from a plain clone
+        print(f"skipped: {args.data} is not here; pass --data with image-report pairs")
+        return
 
     pairs = load_report_pairs(args.data)[: args.images]
     encoder, image_processor, name = load_encoder(args.encoder)
