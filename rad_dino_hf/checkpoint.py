@@ -36,18 +36,25 @@ class CheckpointError(UserError):
 
 
 class TrainState:
-    """Loop state that `save_state` does not know about: counters, the mask RNG and the data position."""
+    """Loop state that `save_state` does not know about: counters, the mask RNG and the data position.
+
+    `save_state` writes the main process's copy alone, so what differs between processes (their data position,
+    mask RNG and counters) is gathered into `ranks` (one dict per process, by rank) before each save, and every
+    process takes its own entry back on resume (`ranks[process_index]`). `world_size` is the number of processes
+    that wrote it; `data_seed` seeds the data stream (the recipe's seed until a resume on another number of
+    processes restarts the stream)."""
 
     def __init__(self) -> None:
         self.step = 0
-        self.images_seen = 0
-        self.skipped_samples = 0
+        self.images_seen = 0  # this process's
+        self.skipped_samples = 0  # this process's
         self.skipped_nan_steps = 0
         # The collapse monitor's patience counts iterations in a row, across a resume.
         self.low_information_iterations = {"dino": 0, "ibot": 0}
         self.collapse_warned = False
-        self.mask_rng_state: object = None
-        self.dataloader_state: dict | None = None
+        self.world_size = 1
+        self.data_seed: int | None = None
+        self.ranks: list[dict] = []  # per process: images_seen, skipped_samples, dataloader_state, mask_rng_state
 
     def state_dict(self) -> dict:
         return dict(vars(self))
@@ -83,11 +90,17 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_manifest(folder: Path) -> None:
-    """Record every file under `folder` (relative path -> size in bytes and SHA-256) in `folder/manifest.json`."""
+def write_manifest(folder: Path, world_size: int = 1) -> None:
+    """Record every file under `folder` (relative path -> size in bytes and SHA-256) and the number of processes
+    that wrote them in `folder/manifest.json`."""
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
     entries = {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in files}
-    _write_atomically(folder / MANIFEST, json.dumps({"files": entries}, indent=1))
+    _write_atomically(folder / MANIFEST, json.dumps({"world_size": world_size, "files": entries}, indent=1))
+
+
+def checkpoint_world_size(folder: Path) -> int:
+    """The number of processes that wrote the checkpoint at `folder` (from its manifest)."""
+    return int(json.loads((folder / MANIFEST).read_text(encoding="utf-8")).get("world_size", 1))
 
 
 def verify_checkpoint(folder: Path) -> str | None:
@@ -121,7 +134,7 @@ def save_checkpoint(accelerator: Accelerator, root: str | Path, step: int, keep:
         accelerator.save_state(str(tmp))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            write_manifest(tmp)
+            write_manifest(tmp, accelerator.num_processes)
             _fsync_tree(tmp)
     except OSError as error:  # e.g. ENOSPC: drop the partial copy, keep the previous checkpoint and pointer
         shutil.rmtree(tmp, ignore_errors=True)

@@ -25,6 +25,7 @@ from image_processing_rad_dino import RadDinoImageProcessor
 from modeling_rad_dino import RadDinoForImageClassification, RadDinoModel
 from rad_dino_hf.lora import DEFAULT_LORA_TARGETS, add_lora, head_modules
 from rad_dino_hf.schedules import fuse_param_groups, param_groups
+from rad_dino_hf.preemption import quiet_worker_init
 from rad_dino_hf.supervised import LoopSettings, train
 
 METHODS = ("full", "lora", "frozen")
@@ -228,7 +229,9 @@ def finetune(
         generator=torch.Generator().manual_seed(options.seed),
     )
     val_loader = accelerator.prepare(
-        DataLoader(val_set, batch_size=options.batch_size, num_workers=options.num_workers)
+        DataLoader(
+            val_set, batch_size=options.batch_size, num_workers=options.num_workers, worker_init_fn=quiet_worker_init
+        )
     )
     result = FinetuneResult(model=model, probabilities=np.zeros((0, 0)))
 

@@ -20,6 +20,10 @@ one shard in memory, so the dataset is the one a single process writes (up to fl
 Reading, DICOM conversion and preprocessing run in DataLoader workers: each worker takes every `num_workers`-th
 batch of the plan and the loader returns batches in plan order. A batch never spans two shards, so a resumed run
 encodes exactly the batches of a straight one.
+
+SIGTERM, SIGUSR1 or SIGINT, to the process or its whole group (the workers ignore them), stop the run when the next
+batch arrives: complete shards are written and kept, the shard in progress is dropped, and the process exits with 143
+(130 for SIGINT); a rerun skips the complete shards. A signal during the last batch lets the run finish.
 """
 
 import dataclasses
@@ -45,6 +49,7 @@ from image_processing_rad_dino import RadDinoImageProcessor, UnreadableImageErro
 from modeling_rad_dino import RadDinoModel
 from rad_dino_hf.pretraining_data import IMAGE_SUFFIXES, image_files
 from rad_dino_hf.errors import UserError
+from rad_dino_hf.preemption import Stopped, StopRequest, quiet_worker_init, workers_shut_down
 from rad_dino_hf.fingerprint import parameter_digest
 from rad_dino_hf.tables import BUILDERS, load_table
 
@@ -399,7 +404,9 @@ def write_embeddings(
     model = model.to(device).eval()
     forward = torch.compile(model) if settings.compile else model
     batches = _Batches(source, processor, settings, rank, world_size, done)
-    loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=settings.num_workers, collate_fn=_as_is)
+    loader = torch.utils.data.DataLoader(
+        batches, batch_size=None, num_workers=settings.num_workers, collate_fn=_as_is, worker_init_fn=quiet_worker_init
+    )
     total = source.size()
     pending_rows = None
     if total is not None:
@@ -410,8 +417,10 @@ def write_embeddings(
             if s % world_size == rank and s not in done
         )
     writer, written, stopped = None, 0, False
-    with tqdm(total=pending_rows, desc="Encoding", unit="img", disable=not settings.progress) as bar:
-        for batch in loader:
+    stop = StopRequest()
+    progress = tqdm(total=pending_rows, desc="Encoding", unit="img", disable=not settings.progress)
+    with progress as bar, stop, workers_shut_down(iter(loader)) as loaded:
+        for batch in loaded:
             if writer is not None and writer.index != batch["shard"]:
                 writer.write()
                 written += 1
@@ -419,6 +428,8 @@ def write_embeddings(
                 if settings.max_shards is not None and written >= settings.max_shards:
                     stopped = True
                     break
+            if stop.requested:  # the shard in progress is dropped
+                _stop_on_signal(stop.signal_name, output, written, len(mine))
             if writer is None:
                 writer = _ShardWriter(output, schema, batch["shard"])
             vectors = {}
@@ -443,6 +454,19 @@ def write_embeddings(
     if summary["errors"]:
         logger.warning("%d unreadable images skipped; listed in %s", summary["errors"], output / ERRORS_FILE)
     return summary
+
+
+def _stop_on_signal(signal_name: str, output: Path, written: int, skipped: int) -> None:
+    """Stop on a signal, keeping the complete shards (the one in progress is dropped; a rerun encodes it)."""
+    logger.warning(
+        "%s received: stopped with %d complete shard(s) kept in %s (%d written by this run); the shard in progress "
+        "is dropped. Run the same command again to encode the rest.",
+        signal_name,
+        written + skipped,
+        output,
+        written,
+    )
+    raise Stopped(signal_name, written, None)
 
 
 def summarise(output: Path, total: int | None, shard_size: int) -> dict:

@@ -161,7 +161,7 @@ class TrainConfig:
     gradient_accumulation_steps: int = 1
     official_epoch_length: int = 1250  # DINOv2 OFFICIAL_EPOCH_LENGTH (iterations per "epoch")
     max_iterations: int | None = None  # stop early (schedules still span optim.epochs); None = run them all
-    max_minutes: float | None = None  # wall-clock budget: checkpoint and stop when spent
+    max_minutes: float | None = None  # wall-clock budget (the main process's clock): checkpoint and stop when spent
     centering: str = "centering"  # "centering" or "sinkhorn_knopp" (DINOv2 default / patch-14 configs)
     mixed_precision: str = "no"  # "no", "bf16" or "fp16" (accelerate); measure before choosing on CPU
     seed: int = 0
@@ -174,6 +174,9 @@ class TrainConfig:
     log_every: int = 10  # iterations
     max_consecutive_nan: int = 5  # skip non-finite steps; stop after this many in a row
     max_consecutive_unreadable: int = 1000  # per source and rank (a folder: at most its file count); then stop
+    # A collective (gradient all-reduce, barrier) waiting longer than this for another process fails with an error
+    # instead of hanging; it must exceed the slowest checkpoint write.
+    collective_timeout_minutes: float = 30.0
     # Collapse warning (once per run): the DINO or iBOT teacher target carries less than `collapse_information_nats`
     # of mutual information about the image for `collapse_warning_iterations` iterations in a row (0: never warn).
     collapse_warning_iterations: int = 100

@@ -12,6 +12,10 @@ The schedule is linear warmup then a half cosine to zero, over `epochs * ceil(le
 `len(loader)` read after `accelerator.prepare` (the shard of one process), so it ends on the last update on any
 world size; the scheduler is stepped by hand once per update, not through Accelerate's wrapper (which steps once
 per process).
+
+SIGTERM, SIGUSR1 or SIGINT, to the process or its whole group (the loader's workers ignore them), stop the loop at
+the end of the current update on every process (the flag travels with the loss in the update's all-reduce): the loop
+keeps no checkpoint, so it says that nothing was saved since the command started and exits with 143 (130 for SIGINT).
 """
 
 import logging
@@ -30,6 +34,7 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from rad_dino_hf.plots import plot_loss_curves
+from rad_dino_hf.preemption import Stopped, StopRequest, chain_worker_init, workers_shut_down
 from rad_dino_hf.run_log import append_record, read_records
 
 logger = logging.getLogger(__name__)
@@ -92,6 +97,7 @@ def train(
     if settings.epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {settings.epochs}")
     optimizer = torch.optim.AdamW(param_groups)
+    loader.worker_init_fn = chain_worker_init(loader.worker_init_fn)  # copied into the prepared loader
     model, prepared_optimizer, loader = accelerator.prepare(model, optimizer, loader)
     total = settings.epochs * updates_per_epoch(accelerator, loader)
     scheduler = get_cosine_schedule_with_warmup(optimizer, round(settings.warmup_fraction * total), total)
@@ -100,50 +106,79 @@ def train(
     phase = {"phase": settings.description}  # tags every record, since phases of one run share a log
     log, window = TrainingLog(), []
     bar = tqdm(total=total, desc=settings.description, disable=not accelerator.is_local_main_process)
-    for epoch in range(1, settings.epochs + 1):
-        model.train()
-        start, epoch_losses = time.perf_counter(), []
-        for batch in loader:
-            with accelerator.accumulate(model):
-                loss = compute_loss(model, batch)
-                accelerator.backward(loss)
-                update = {}
-                if accelerator.sync_gradients and settings.max_grad_norm > 0:
-                    norm = accelerator.clip_grad_norm_(parameters, settings.max_grad_norm)
-                    update["grad_norm"] = float(norm)
-                prepared_optimizer.step()  # a no-op until the gradients are synced
-                prepared_optimizer.zero_grad()
-            epoch_losses.append(accelerator.reduce(loss.detach(), "mean").item())
-            window.append(epoch_losses[-1])
-            if accelerator.sync_gradients:
-                lr = scheduler.get_last_lr()[0]  # the lr this update used (first group)
-                scheduler.step()
-                log.update_losses.append(sum(window) / len(window))
-                window = []
-                if write:
-                    record = {"update": len(log.update_losses), "epoch": epoch, "loss": log.update_losses[-1], "lr": lr}
-                    append_record(settings.metrics_path, phase | record | update)
-                bar.update(1)
-                bar.set_postfix(loss=f"{log.update_losses[-1]:.4f}", epoch=epoch)
-        record = {"epoch": epoch, "train_loss": sum(epoch_losses) / len(epoch_losses)}
-        if on_epoch_end is not None:
-            record.update(on_epoch_end(epoch, model) or {})
-        record["seconds"] = round(time.perf_counter() - start, 1)
-        log.epochs.append(record)
-        if write:
-            append_record(settings.metrics_path, phase | record)
-        logger.info(
-            "%s epoch %d/%d: %s",
-            settings.description,
-            epoch,
-            settings.epochs,
-            ", ".join(f"{key} {value:.4g}" for key, value in record.items() if key != "epoch"),
-        )
+    with StopRequest() as stop:
+        for epoch in range(1, settings.epochs + 1):
+            model.train()
+            start, epoch_losses = time.perf_counter(), []
+            with workers_shut_down(iter(loader)) as batches:
+                for batch in batches:
+                    with accelerator.accumulate(model):
+                        loss = compute_loss(model, batch)
+                        accelerator.backward(loss)
+                        update = {}
+                        if accelerator.sync_gradients and settings.max_grad_norm > 0:
+                            norm = accelerator.clip_grad_norm_(parameters, settings.max_grad_norm)
+                            update["grad_norm"] = float(norm)
+                        prepared_optimizer.step()  # a no-op until the gradients are synced
+                        prepared_optimizer.zero_grad()
+                    mean_loss, stop_requested = _mean_loss_and_any_stop(accelerator, loss, stop.requested)
+                    epoch_losses.append(mean_loss)
+                    window.append(mean_loss)
+                    if not accelerator.sync_gradients:
+                        continue
+                    lr = scheduler.get_last_lr()[0]  # the lr this update used (first group)
+                    scheduler.step()
+                    log.update_losses.append(sum(window) / len(window))
+                    window = []
+                    if write:
+                        record = {"update": len(log.update_losses), "epoch": epoch, "loss": log.update_losses[-1]}
+                        append_record(settings.metrics_path, phase | record | {"lr": lr} | update)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{log.update_losses[-1]:.4f}", epoch=epoch)
+                    if stop_requested:
+                        bar.close()
+                        _stop_on_signal(stop.signal_name, settings.description, epoch, len(log.update_losses), total)
+            record = {"epoch": epoch, "train_loss": sum(epoch_losses) / len(epoch_losses)}
+            if on_epoch_end is not None:
+                record.update(on_epoch_end(epoch, model) or {})
+            record["seconds"] = round(time.perf_counter() - start, 1)
+            log.epochs.append(record)
+            if write:
+                append_record(settings.metrics_path, phase | record)
+            logger.info(
+                "%s epoch %d/%d: %s",
+                settings.description,
+                epoch,
+                settings.epochs,
+                ", ".join(f"{key} {value:.4g}" for key, value in record.items() if key != "epoch"),
+            )
     bar.close()
     model.eval()
     if write:
         plot_phases(settings.metrics_path)
     return log
+
+
+def _mean_loss_and_any_stop(accelerator: Accelerator, loss: torch.Tensor, requested: bool) -> tuple[float, bool]:
+    """The batch loss averaged over the processes, and whether any process was asked to stop: one all-reduce."""
+    values = torch.stack([loss.detach().float(), torch.tensor(float(requested), device=loss.device)])
+    summed = accelerator.reduce(values, reduction="sum")
+    return float(summed[0]) / accelerator.num_processes, bool(summed[1] > 0)
+
+
+def _stop_on_signal(signal_name: str | None, description: str, epoch: int, update: int, total: int) -> None:
+    """Every process stops together after an update; this loop keeps no checkpoint, and says so."""
+    signal_name = signal_name or "SIGTERM"  # asked on another process
+    logger.warning(
+        "%s received: stopped %s at epoch %d after update %d of %d. Nothing was saved since the command started "
+        "(this training keeps no checkpoint): run the command again to train from the start.",
+        signal_name,
+        description,
+        epoch,
+        update,
+        total,
+    )
+    raise Stopped(signal_name, update, None)
 
 
 def fresh_training_log(path: Path, accelerator: Accelerator) -> Path:

@@ -3,8 +3,13 @@
 One iteration: read a multi-crop batch from the stream, draw iBOT masks, set this iteration's lr / weight decay,
 compute DINO + iBOT + KoLeo, step the student, move the teacher towards it (EMA). Non-finite steps are skipped
 (centers restored, no optimizer step) and counted; too many in a row stop the run with a clear error. So does a data
-source that yields nothing readable (`UnreadableSourceGuard`). SIGTERM / SIGUSR1 stop the run after the current step
-with a checkpoint on every rank (`rad_dino_hf.preemption`).
+source that yields nothing readable (`UnreadableSourceGuard`); a batch with nothing readable is replaced by the next
+one, so no rank ever skips a step. SIGTERM / SIGUSR1 (exit 143) and Ctrl-C (exit 130) stop the run after the current
+step with a checkpoint on every rank (`rad_dino_hf.preemption`).
+
+Every decision that leads a rank into or out of a collective is taken by all ranks together: the step's one
+all-reduce (`_joint_flags`, after the backward) carries a non-finite loss, a failed data source, a stop signal and
+the time budget (the main process's clock) of every rank, and each is acted on when any rank raised it.
 """
 
 import gc
@@ -29,6 +34,7 @@ from rad_dino_hf.augment import MultiCropAugmentation
 from rad_dino_hf.checkpoint import (
     CheckpointError,
     TrainState,
+    checkpoint_world_size,
     latest_checkpoint,
     resumable_checkpoint,
     save_checkpoint,
@@ -37,10 +43,12 @@ from rad_dino_hf.checkpoint import (
 from rad_dino_hf.pretraining_data import (
     DataSource,
     MultiCropMapper,
+    UnreadableSourceError,
     UnreadableSourceGuard,
     build_stream,
     collate_crops,
     parse_source,
+    sample_seed,
 )
 from rad_dino_hf.distributed import make_accelerator
 from rad_dino_hf.errors import UserError
@@ -48,7 +56,13 @@ from rad_dino_hf.export import export_teacher, push_to_hub
 from rad_dino_hf.fingerprint import parameter_digest
 from rad_dino_hf.masking import sample_batch_masks
 from rad_dino_hf.plots import plot_training_curves
-from rad_dino_hf.preemption import Preempted, PreemptionRequest
+from rad_dino_hf.preemption import (
+    INTERRUPTED_EXIT_CODE,
+    Stopped,
+    StopRequest,
+    quiet_worker_init,
+    workers_shut_down,
+)
 from rad_dino_hf.recipe import RecipeConfig
 from rad_dino_hf.run_log import METRICS_FILENAME, append_record, keep_records_until
 from rad_dino_hf.schedules import apply_schedules, build_schedules, fuse_param_groups, param_groups
@@ -73,6 +87,17 @@ class NonFiniteLossError(RuntimeError):
 
 
 @dataclass
+class StepResult:
+    """What `Pretrainer.train_step` returns: the logged `values` after an optimizer step (None after an
+    accumulation step or a skipped non-finite one), the step's joint decisions (`flags`: name -> any rank raised it)
+    and whether it ended an optimizer step (`synced`, where stop decisions are acted on)."""
+
+    values: dict | None
+    flags: dict[str, bool]
+    synced: bool
+
+
+@dataclass
 class RunOptions:
     """What a run does besides the recipe."""
 
@@ -83,20 +108,24 @@ class RunOptions:
 
 
 def build_dataloader(
-    recipe: RecipeConfig, rank: int, world_size: int, sources: list[DataSource] | None = None
+    recipe: RecipeConfig,
+    rank: int,
+    world_size: int,
+    sources: list[DataSource] | None = None,
+    seed: int | None = None,
 ) -> StatefulDataLoader:
     """Stream -> decode + multi-crop (in workers) -> batches; the loader's `state_dict()` is the data position.
 
-    `sources`: the parsed `recipe.train.data_sources` (parsed here when not given).
+    `sources`: the parsed `recipe.train.data_sources` (parsed here when not given); `seed`: of the stream's order,
+    the crops and the loader (default `recipe.train.seed`). The workers leave stop signals to the main process.
     """
     sources = sources or [parse_source(spec) for spec in recipe.train.data_sources]
+    seed = recipe.train.seed if seed is None else seed
     samples_needed = recipe.total_iterations * recipe.train.global_batch_size(world_size)
     folder_files = min((len(s.folder_files) for s in sources if s.resolved_kind() == "folder"), default=1)
     folder_epochs = math.ceil(samples_needed / max(folder_files, 1)) + world_size
-    stream = build_stream(
-        sources, recipe.train.seed, rank, world_size, recipe.train.files_per_shard, folder_epochs=folder_epochs
-    )
-    mapper = MultiCropMapper(MultiCropAugmentation.from_config(recipe.crops), recipe.train.seed, rank)
+    stream = build_stream(sources, seed, rank, world_size, recipe.train.files_per_shard, folder_epochs=folder_epochs)
+    mapper = MultiCropMapper(MultiCropAugmentation.from_config(recipe.crops), seed, rank)
     stream = stream.map(mapper, with_indices=True, remove_columns=["image"])
     workers = min(recipe.train.num_workers, stream.num_shards)
     return StatefulDataLoader(
@@ -106,9 +135,10 @@ def build_dataloader(
         collate_fn=collate_crops,
         prefetch_factor=2 if workers else None,
         persistent_workers=False,
+        worker_init_fn=quiet_worker_init,
         # Its own generator: starting an iterator must not draw from the global RNG that drop path uses and that
         # a resumed run has just restored.
-        generator=torch.Generator().manual_seed(recipe.train.seed),
+        generator=torch.Generator().manual_seed(seed),
     )
 
 
@@ -167,6 +197,7 @@ class Pretrainer:
             raise ValueError("No data: set train.data_sources (or pass --data)")
         self.options = options
         self.accelerator = make_accelerator(
+            collective_timeout_minutes=recipe.train.collective_timeout_minutes,
             gradient_accumulation_steps=recipe.train.gradient_accumulation_steps,
             mixed_precision=recipe.train.mixed_precision,
         )
@@ -208,12 +239,13 @@ class Pretrainer:
         self.accelerator.register_for_checkpointing(self.objective, self.state)
         set_seed(recipe.train.seed + self.accelerator.process_index)  # per-rank drop path
         self.mask_rng = random.Random(recipe.train.seed * 1000 + self.accelerator.process_index)
-        sources = [parse_source(spec) for spec in recipe.train.data_sources]  # each folder is listed once
+        self.sources = [parse_source(spec) for spec in recipe.train.data_sources]  # each folder is listed once
         self.dataloader = build_dataloader(
-            recipe, self.accelerator.process_index, self.accelerator.num_processes, sources
+            recipe, self.accelerator.process_index, self.accelerator.num_processes, self.sources
         )
-        self.source_guard = UnreadableSourceGuard(sources, recipe.train.max_consecutive_unreadable)
-        self.preemption = PreemptionRequest()
+        self.source_guard = UnreadableSourceGuard(self.sources, recipe.train.max_consecutive_unreadable)
+        self.stop_request = StopRequest()
+        self.started = time.perf_counter()  # the time budget's start (reset by `run`)
         self.schedules = build_schedules(recipe, self.accelerator.num_processes)
         self.stop_at = min(recipe.total_iterations, recipe.train.max_iterations or recipe.total_iterations)
         self.checkpoint_root = self.output_dir / "checkpoints"
@@ -233,20 +265,74 @@ class Pretrainer:
                 raise CheckpointError(f"--resume {checkpoint}: {problem}")
         if checkpoint is None:
             return
+        saved_world_size = checkpoint_world_size(checkpoint)
+        if saved_world_size != self.accelerator.num_processes and self.teacher_is_sharded:
+            raise CheckpointError(
+                f"{checkpoint} holds FSDP shards of {saved_world_size} process(es); this run has "
+                f"{self.accelerator.num_processes}. Resume it with {saved_world_size}, or use DDP (whose checkpoints "
+                "resume on any number of processes)."
+            )
         self.accelerator.load_state(str(checkpoint))
-        self.dataloader.load_state_dict(self.state.dataloader_state)
-        self.mask_rng.setstate(self.state.mask_rng_state)
+        if saved_world_size == self.accelerator.num_processes:
+            self._restore_rank_state()
+        else:
+            self._restart_rank_state(saved_world_size)
         logger.info("Resumed from %s at iteration %d", checkpoint, self.state.step)
         if self.accelerator.is_main_process:
             dropped = keep_records_until(self.output_dir / METRICS_FILENAME, self.state.step)
             if dropped:
                 logger.info("Dropped %d log records past iteration %d: this run repeats them", dropped, self.state.step)
 
+    def _restore_rank_state(self) -> None:
+        """This process's own data position, mask RNG and counters (saved by rank in `TrainState.ranks`)."""
+        if self.state.data_seed not in (None, self.recipe.train.seed):  # a stream restarted by an earlier resume
+            self._rebuild_dataloader(self.state.data_seed)
+        mine = self.state.ranks[self.accelerator.process_index]
+        self.dataloader.load_state_dict(mine["dataloader_state"])
+        self.mask_rng.setstate(mine["mask_rng_state"])
+        self.state.images_seen, self.state.skipped_samples = mine["images_seen"], mine["skipped_samples"]
+
+    def _restart_rank_state(self, saved_world_size: int) -> None:
+        """Resume on another number of processes: what the checkpoint holds once for all (weights, optimizer,
+        teacher, centers, iteration, hence every schedule) is exact; each process's data position and RNGs are not
+        (the stream is split by rank), so the stream restarts in a new order seeded by the iteration, and so do the
+        mask and drop-path RNGs. The counters keep their totals, carried by the main process."""
+        rank, step = self.accelerator.process_index, self.state.step
+        data_seed = sample_seed(self.recipe.train.seed, "resumed", step) % 2**31
+        self._rebuild_dataloader(data_seed)
+        self.mask_rng.seed(sample_seed(data_seed, "masks", rank))
+        torch.manual_seed(sample_seed(data_seed, "drop path", rank))
+        totals = {key: sum(entry[key] for entry in self.state.ranks) for key in ("images_seen", "skipped_samples")}
+        self.state.images_seen = totals["images_seen"] if rank == 0 else 0
+        self.state.skipped_samples = totals["skipped_samples"] if rank == 0 else 0
+        logger.warning(
+            "Resuming at iteration %d on %d process(es) from a checkpoint of %d: weights, optimizer, teacher, "
+            "centers and the schedules (by iteration) carry over exactly; the data stream restarts in a new order "
+            "(images seen before may come again before unseen ones), and the learning rate follows the new global "
+            "batch of %d.",
+            step,
+            self.accelerator.num_processes,
+            saved_world_size,
+            self.recipe.train.global_batch_size(self.accelerator.num_processes),
+        )
+
+    def _rebuild_dataloader(self, data_seed: int) -> None:
+        self.state.data_seed = data_seed
+        self.dataloader = build_dataloader(
+            self.recipe, self.accelerator.process_index, self.accelerator.num_processes, self.sources, data_seed
+        )
+
     def save(self) -> Path:
         if self._any_rank(not (_all_finite(self.student) and _all_finite(self.teacher))):
             raise NonFiniteLossError("Refusing to checkpoint non-finite weights")
-        self.state.dataloader_state = self.dataloader.state_dict()
-        self.state.mask_rng_state = self.mask_rng.getstate()
+        mine = {
+            "images_seen": self.state.images_seen,
+            "skipped_samples": self.state.skipped_samples,
+            "dataloader_state": self.dataloader.state_dict(),
+            "mask_rng_state": self.mask_rng.getstate(),
+        }
+        self.state.ranks = gather_object([mine]) if self.accelerator.num_processes > 1 else [mine]
+        self.state.world_size = self.accelerator.num_processes
         return save_checkpoint(
             self.accelerator, self.checkpoint_root, self.state.step, self.recipe.train.keep_checkpoints
         )
@@ -254,11 +340,52 @@ class Pretrainer:
     # -- one step -------------------------------------------------------------------------------------------
 
     def _any_rank(self, flag: bool) -> bool:
-        flags = self.accelerator.reduce(torch.tensor([float(flag)], device=self.accelerator.device), reduction="sum")
-        return bool(flags.item() > 0)
+        return self._joint_flags(flag=flag)["flag"]
 
-    def train_step(self, batch: dict) -> dict | None:
-        """One micro-step; returns logged values after an optimizer step, None after an accumulation step."""
+    def _joint_flags(self, **flags: bool) -> dict[str, bool]:
+        """Each flag true when it is true on any rank: one all-reduce for all of them."""
+        values = torch.tensor([float(value) for value in flags.values()], device=self.accelerator.device)
+        summed = self.accelerator.reduce(values, reduction="sum")
+        return {name: bool(value > 0) for name, value in zip(flags, summed.tolist())}
+
+    def _budget_spent(self) -> bool:
+        """The time budget, on the main process's clock (other ranks' clocks start later and may drift)."""
+        minutes = self.recipe.train.max_minutes
+        return (
+            self.accelerator.is_main_process
+            and minutes is not None
+            and time.perf_counter() - self.started > 60 * minutes
+        )
+
+    def _next_batch(self, data) -> tuple[dict, UnreadableSourceError | None]:
+        """This rank's next batch with a readable image, and None; a batch with none is replaced by the next one
+        from the stream, so this rank never skips a step its peers take.
+
+        A source the guard finds unreadable gives a stand-in batch (one black image of each crop) and the error:
+        the rank still takes part in the step, whose flags then stop every rank with the error."""
+        while True:
+            batch = next(data)
+            self.state.skipped_samples += batch["n_skipped"]
+            try:
+                self.source_guard.update(batch["read"])
+            except UnreadableSourceError as error:
+                return self._stand_in_batch(), error
+            if batch["global_crops"] is not None:
+                return batch, None
+
+    def _stand_in_batch(self) -> dict:
+        """`global_crops` `(2, 1, 3, G, G)` and `local_crops` `(n_local, 1, 3, L, L)` (or None) of zeros."""
+        crops = self.recipe.crops
+        global_crops = torch.zeros(crops.global_crops_number, 1, 3, crops.global_crops_size, crops.global_crops_size)
+        local_crops = None
+        if crops.local_crops_number:
+            local_crops = torch.zeros(crops.local_crops_number, 1, 3, crops.local_crops_size, crops.local_crops_size)
+        return {"global_crops": global_crops, "local_crops": local_crops}
+
+    def train_step(self, batch: dict, data_error: UnreadableSourceError | None = None) -> "StepResult":
+        """One micro-step on `batch` (`_next_batch`); `data_error`: this rank's data source failed (the batch is a
+        stand-in). Returns the logged values after an optimizer step (None after an accumulation step or a skipped
+        one) and the decisions all ranks took together."""
         recipe, iteration = self.recipe, self.state.step
         device = self.accelerator.device
         global_crops = batch["global_crops"].to(device)
@@ -282,7 +409,14 @@ class Pretrainer:
             with self.accelerator.autocast():
                 terms = self.objective(self.student, self.teacher, global_crops, local_crops, masks, teacher_temp)
             self.accelerator.backward(terms.total)  # always: DDP ranks must stay in lockstep
-            non_finite = self._any_rank(not torch.isfinite(terms.total.detach()))
+            flags = self._joint_flags(
+                non_finite=not torch.isfinite(terms.total.detach()),
+                data_failed=data_error is not None,
+                preempted=self.stop_request.signal_name in ("SIGTERM", "SIGUSR1"),
+                interrupted=self.stop_request.signal_name == "SIGINT",
+                budget_spent=self._budget_spent(),
+            )
+            non_finite = flags["non_finite"]
             grad_norms = {}
             if self.accelerator.sync_gradients:
                 # Once for all parts: fp16's GradScaler refuses a second unscale_ before its next update().
@@ -290,12 +424,18 @@ class Pretrainer:
                 parts = self.accelerator.unwrap_model(self.student).parts
                 grad_norms = clip_grad_norms(parts, recipe.optim.clip_grad)
                 non_finite = non_finite or not all(map(math.isfinite, grad_norms.values()))
-            if not non_finite:
+            if not (non_finite or flags["data_failed"]):
                 self.optimizer.step()
             elif self.accelerator.scaler is not None and grad_norms:
                 self.accelerator.scaler.update()  # lowers the fp16 loss scale after inf/nan gradients
             self.optimizer.zero_grad(set_to_none=True)
 
+        if flags["data_failed"]:
+            self._stop_together()
+            raise data_error or UnreadableSourceError(
+                "Another process stopped on an unreadable data source; its error names the source."
+            )
+        synced = self.accelerator.sync_gradients
         if non_finite:
             self.objective.load_state_dict(centers)
             self.state.skipped_nan_steps += 1
@@ -311,16 +451,16 @@ class Pretrainer:
                     f"{self.consecutive_nan} non-finite steps in a row at iteration {iteration}; stopping. "
                     "Lower the learning rate, check the data, or resume from the last checkpoint."
                 )
-            return None
+            return StepResult(None, flags, synced)
         self.consecutive_nan = 0
-        if not self.accelerator.sync_gradients:
-            return None
+        if not synced:
+            return StepResult(None, flags, synced)
         momentum = self.schedules["momentum"][iteration]
         ema_update(self.teacher, self.accelerator.unwrap_model(self.student), momentum)
         self.state.step += 1
         information = {name: float(value) for name, value in terms.target_information.items()}
         self._watch_collapse(information)
-        return {
+        values = {
             **{f"loss/{name}": value for name, value in terms.as_floats().items()},
             **{f"mi/{name}": value for name, value in information.items()},
             "lr": lr,
@@ -329,6 +469,7 @@ class Pretrainer:
             "teacher_temp": teacher_temp,
             **{f"grad_norm/{name}": value for name, value in grad_norms.items()},
         }
+        return StepResult(values, flags, synced)
 
     def _watch_collapse(self, information: dict[str, float]) -> None:
         """Warn once per run when a head's teacher target stays (nearly) independent of the image.
@@ -378,7 +519,7 @@ class Pretrainer:
             self.tensorboard = _tensorboard_writer(self.output_dir / TENSORBOARD_DIRNAME, self.state.step)
         self.consecutive_nan = 0
         metrics_path = self.output_dir / METRICS_FILENAME
-        started = time.perf_counter()
+        self.started = time.perf_counter()
         progress = tqdm(
             total=self.stop_at,
             initial=self.state.step,
@@ -386,71 +527,82 @@ class Pretrainer:
             unit="it",
             disable=not (accelerator.is_main_process and self.options.progress),
         )
-        data = iter(self.dataloader)
-        # Log lines print above the bar instead of breaking it; preemption signals are honoured in the loop.
+        # Log lines print above the bar instead of breaking it; stop signals are recorded from before the workers
+        # start, and honoured in the loop; the workers are shut down however the loop ends.
         try:
-            with logging_redirect_tqdm(), self.preemption:
-                budget_spent = self._loop(data, progress, metrics_path, started)
+            with logging_redirect_tqdm(), self.stop_request, workers_shut_down(iter(self.dataloader)) as data:
+                budget_spent = self._loop(data, progress, metrics_path)
+        except KeyboardInterrupt:  # a second Ctrl-C (`StopRequest`)
+            latest = latest_checkpoint(self.checkpoint_root)
+            logger.warning(
+                "Interrupted again: stopped at once during iteration %d; nothing saved since %s.",
+                self.state.step + 1,
+                f"checkpoint {latest}" if latest else "the run started",
+            )
+            raise SystemExit(INTERRUPTED_EXIT_CODE) from None
         finally:  # also on an error: its message then starts on a line of its own
             progress.close()
         if budget_spent:
             logger.info("Time budget of %.1f min spent at iteration %d", recipe.train.max_minutes, self.state.step)
         self.save()
-        return self._finish(time.perf_counter() - started, metrics_path)
+        return self._finish(time.perf_counter() - self.started, metrics_path)
 
-    def _loop(self, data, progress: tqdm, metrics_path: Path, started: float) -> bool:
+    def _loop(self, data, progress: tqdm, metrics_path: Path) -> bool:
         """Iterate until the last iteration or the time budget; returns whether the budget ran out."""
         accelerator, recipe = self.accelerator, self.recipe
         window_start, window_images = time.perf_counter(), 0
-        budget_spent = False
-        while self.state.step < self.stop_at and not budget_spent:
-            batch = next(data)
-            self.state.skipped_samples += batch["n_skipped"]
-            self.source_guard.update(batch["read"])
-            if batch["global_crops"] is None:
-                continue
+        while self.state.step < self.stop_at:
+            batch, data_error = self._next_batch(data)
+            result = self.train_step(batch, data_error)
             batch_images = batch["global_crops"].shape[1]
-            values = self.train_step(batch)
             window_images += batch_images
             self.state.images_seen += batch_images
-            if values is None:
+            if not result.synced:
                 continue
-            progress.update(1)
-            step = self.state.step
-            budget_spent = (
-                recipe.train.max_minutes is not None and time.perf_counter() - started > 60 * recipe.train.max_minutes
-            )
-            if step % recipe.train.log_every == 0 or step == self.stop_at or budget_spent:
-                elapsed = time.perf_counter() - window_start
-                values["images_per_second"] = accelerator.num_processes * window_images / max(elapsed, 1e-9)
-                values.update(
-                    step=step,
-                    skipped_samples=self.state.skipped_samples,
-                    skipped_nan_steps=self.state.skipped_nan_steps,
-                )
-                self._log(values, metrics_path)
-                progress.set_postfix(loss=f"{values['loss/total']:.3f}", img_s=f"{values['images_per_second']:.1f}")
-                window_start, window_images = time.perf_counter(), 0
-            if step % recipe.train.checkpoint_every == 0 and step < self.stop_at and not budget_spent:
+            flags, step = result.flags, self.state.step
+            if result.values is not None:
+                progress.update(1)
+                values = result.values
+                if step % recipe.train.log_every == 0 or step == self.stop_at or flags["budget_spent"]:
+                    elapsed = time.perf_counter() - window_start
+                    values["images_per_second"] = accelerator.num_processes * window_images / max(elapsed, 1e-9)
+                    values.update(
+                        step=step,
+                        skipped_samples=self.state.skipped_samples,
+                        skipped_nan_steps=self.state.skipped_nan_steps,
+                    )
+                    self._log(values, metrics_path)
+                    progress.set_postfix(loss=f"{values['loss/total']:.3f}", img_s=f"{values['images_per_second']:.1f}")
+                    window_start, window_images = time.perf_counter(), 0
+            if flags["preempted"] or flags["interrupted"]:  # every rank decides at the same step
+                self._stop_on_signal(flags)
+            if flags["budget_spent"]:
+                return True
+            if result.values is not None and step % recipe.train.checkpoint_every == 0 and step < self.stop_at:
                 self.save()
-            if self._any_rank(self.preemption.requested):  # every rank takes the same decision at the same step
-                self._stop_preempted()
-        return budget_spent
+        return False
 
-    def _stop_preempted(self) -> None:
-        """Checkpoint on every rank, leave the process group together, raise `Preempted` (exit code 143)."""
+    def _stop_on_signal(self, flags: dict[str, bool]) -> None:
+        """Checkpoint on every rank, leave the process group together, raise `Stopped` (exit 143, or 130 when the
+        only signal was SIGINT)."""
         checkpoint = self.save()
+        signal_name = self.stop_request.signal_name or ("SIGTERM" if flags["preempted"] else "SIGINT")
         logger.warning(
-            "%s received: stopped after iteration %d with checkpoint %s. Run the same command again to resume.",
-            self.preemption.signal_name or "Preemption signal (on another rank)",
+            "%s received%s: stopped after iteration %d with checkpoint %s. Run the same command again to resume.",
+            signal_name,
+            "" if self.stop_request.requested else " (by another process)",
             self.state.step,
             checkpoint,
         )
+        self._stop_together()
+        raise Stopped("SIGTERM" if flags["preempted"] else "SIGINT", self.state.step, str(checkpoint))
+
+    def _stop_together(self) -> None:
+        """Leave the process group with every rank (all of them are here, by a joint decision)."""
         if self.tensorboard is not None:
             self.tensorboard.close()
         self._release_process_group_users()
         self.accelerator.end_training()
-        raise Preempted(self.preemption.signal_name or "", self.state.step, str(checkpoint))
 
     def _log(self, values: dict, metrics_path: Path) -> None:
         if not self.accelerator.is_main_process:
@@ -481,17 +633,19 @@ class Pretrainer:
         accelerator = self.accelerator
         digests = gather_object([parameter_digest(accelerator.unwrap_model(self.student))])
         teacher_digests = gather_object([parameter_digest(self.teacher)])
+        steps = gather_object([self.state.step])
         summary = {
             **self.state.state_dict(),
             "seconds": round(seconds, 1),
             "world_size": accelerator.num_processes,
             "replica_digests": digests,
             "teacher_digests": teacher_digests,
+            "replica_steps": steps,  # each process's last iteration: equal unless the processes fell out of step
             # This process's peak since it started (CUDA only): what a GPU needs to hold this recipe.
             "peak_gpu_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
         }
-        summary.pop("dataloader_state")
-        summary.pop("mask_rng_state")
+        for per_rank in ("ranks", "data_seed"):
+            summary.pop(per_rank)
         for counter in ("images_seen", "skipped_samples"):  # per process in the state; totals in the summary
             summary[counter] = sum(gather_object([summary[counter]]))
         if len(set(digests)) > 1 or len(set(teacher_digests)) > 1:

@@ -17,7 +17,8 @@ Recipe values come from, in order: rad_dino_hf/recipe.py defaults (DINOv2 ViT-B 
 A run resumes from its latest checkpoint in train.output_dir that verifies, unless --resume never.
 
 Exit codes: 0 done; 2 a fault you can fix (one line `error: ...` names the file or option); 143 preempted
-(SIGTERM or SIGUSR1: a checkpoint was saved after the current step; run the same command again to resume).
+(SIGTERM or SIGUSR1, to the process or its whole group: a checkpoint was saved after the current step; run the same
+command again to resume); 130 Ctrl-C (the same; a second Ctrl-C stops at once, keeping the last checkpoint).
 """
 
 import argparse
