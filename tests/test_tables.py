@@ -56,8 +56,19 @@ def test_parquet_jsonl_and_a_metadata_folder_read_like_the_csv(labelled_sample_c
     table.to_json(tmp_path / "probe.jsonl")
     for path in (tmp_path / "probe.parquet", tmp_path / "probe.jsonl"):
         _same(_read(path), reference)
-    folder = _read(SAMPLE)  # relative paths from the folder; its 12 unlabelled rows are left out
-    _same(folder, reference)
+    # The folder's metadata.csv: relative paths from the folder, every labelled row, the unlabelled ones left out.
+    with open(SAMPLE / "metadata.csv", encoding="utf-8") as handle:
+        labelled = [row for row in csv.DictReader(handle) if row["label"]]
+    whole = tmp_path / "labelled.csv"
+    with open(whole, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["file", "label", "patient"])
+        writer.writeheader()
+        writer.writerows(
+            {"file": str(SAMPLE / row["file"]), **{k: row[k] for k in ("label", "patient")}} for row in labelled
+        )
+    folder = _read(SAMPLE)
+    _same(folder, _read(whole))
+    assert len(folder.files) == len(labelled) > len(reference.files)
     assert folder.classes == ["bacterial", "normal", "viral"] and not folder.multilabel
 
 
