@@ -136,6 +136,7 @@ UNLIKELY_AND_FAVORED = [
     ("Atelectasis is favored; pneumonia is less likely.", {"Atelectasis": -1, "Pneumonia": -1}),
     ("Left basilar opacity, pneumonia not favored.", {"Lung Opacity": 1, "Pneumonia": -1}),
     ("Left basilar opacity, unlikely to represent pneumonia.", {"Lung Opacity": 1, "Pneumonia": -1}),
+    ("Findings are less likely to represent edema.", {"Edema": -1}),
     ("Pneumothorax is not favored.", {"Pneumothorax": -1}),
 ]
 CHEXPERT_RULES = [

@@ -407,6 +407,8 @@ _CUES: list[tuple[str, CueKind, Direction]] = [
         "forward",
     ),
     # "unlikely", "less likely", "not favored" hedge (CheXpert: "less likely" is uncertain); before "not".
+    # "findings are less likely to represent edema": the hedge reaches forward, to what the findings may represent.
+    (r"\b(?:is|are|was|were) (?:unlikely|less likely) to (?:represent|reflect|be due to)\b", "uncertain", "forward"),
     (
         r"\b(?:is|are|was|were|seems?|appears?|felt|thought|considered)(?: to be)? "
         r"(?:unlikely|less likely|not (?:favou?red|likely))\b",
