@@ -79,6 +79,15 @@ def _two_processes(port: int) -> list[str]:
     return [*LAUNCHER, str(TWO_CPU_PROCESSES), "--main_process_port", str(port)]
 
 
+def _run_two_processes(command: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
+    """`command` (an `accelerate launch` of two CPU processes) to its end; fails the test unless it exits 0."""
+    result = subprocess.run(
+        command, cwd=REPO_ROOT, env=env or TWO_PROCESS_ENV, capture_output=True, text=True, timeout=TIMEOUT
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
 def _checkpoint_step(run_dir: Path) -> int:
     return int(latest_checkpoint(run_dir / "checkpoints").name.split("-")[1])
 
@@ -166,15 +175,7 @@ def test_accelerate_launch_group_sigterm_and_resume_on_two_and_on_one_process(tm
     A copy of the checkpoint resumed on one process carries the weights over exactly and runs to the end."""
     (tmp_path / "straight").mkdir()
     straight_config = write_recipe(tmp_path / "straight", images)
-    result = subprocess.run(
-        _pretrain_command(straight_config, 4, _two_processes(free_port)),
-        cwd=REPO_ROOT,
-        env=TWO_PROCESS_ENV,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    _run_two_processes(_pretrain_command(straight_config, 4, _two_processes(free_port)))
     straight = _summary(tmp_path / "straight" / "run")
 
     config = write_recipe(tmp_path, images)
@@ -187,15 +188,7 @@ def test_accelerate_launch_group_sigterm_and_resume_on_two_and_on_one_process(tm
     assert 1 <= step < 4 and checkpoint_world_size(checkpoint) == 2
     one_process = _copy_dir(tmp_path / "run", tmp_path / "one")
 
-    result = subprocess.run(
-        _pretrain_command(config, 4, _two_processes(free_port)),
-        cwd=REPO_ROOT,
-        env=TWO_PROCESS_ENV,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = _run_two_processes(_pretrain_command(config, 4, _two_processes(free_port)))
     resumed = _summary(tmp_path / "run")
     assert f"Resumed from {checkpoint} at iteration {step}" in result.stderr
     assert resumed["replica_digests"] == straight["replica_digests"] and len(set(resumed["replica_digests"])) == 1
@@ -216,15 +209,7 @@ def test_resume_on_two_processes_from_a_one_process_checkpoint(tmp_path, images,
     end at the same iteration with identical replicas."""
     config = write_recipe(tmp_path, images)
     run(config, "--set", "train.max_iterations=2")
-    result = subprocess.run(
-        _pretrain_command(config, 3, _two_processes(free_port)),
-        cwd=REPO_ROOT,
-        env=TWO_PROCESS_ENV,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = _run_two_processes(_pretrain_command(config, 3, _two_processes(free_port)))
     assert "Resuming at iteration 2 on 2 process(es) from a checkpoint of 1" in result.stderr
     summary = _summary(tmp_path / "run")
     assert summary["replica_steps"] == [3, 3] and len(set(summary["replica_digests"])) == 1
@@ -274,15 +259,7 @@ def test_one_rank_out_of_step_still_ends_with_every_rank_at_the_same_iteration(
     script = tmp_path / "patched_run.py"
     script.write_text(ONE_RANK_PATCHED)
     command = _pretrain_command(write_recipe(tmp_path, images), 3, _two_processes(free_port), script)
-    result = subprocess.run(
-        [*command, *extra],
-        cwd=REPO_ROOT,
-        env={**TWO_PROCESS_ENV, fault: "4"},  # 4 = the batch size
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = _run_two_processes([*command, *extra], env={**TWO_PROCESS_ENV, fault: "4"})  # 4 = the batch size
     summary = _summary(tmp_path / "run")
     steps = summary["replica_steps"]
     assert len(steps) == 2 and len(set(steps)) == 1 and len(set(summary["replica_digests"])) == 1
