@@ -126,12 +126,18 @@ def standard_size(config: RadDinoConfig) -> str | None:
     return STANDARD_SIZES.get((config.hidden_size, config.num_hidden_layers, config.num_attention_heads))
 
 
+def family(config: RadDinoConfig) -> str:
+    """ "ViT-B/14" for a DINOv2 standard size, else "ViT/14" (the patch size)."""
+    size = standard_size(config)
+    return f"ViT-{size}/14" if size else f"ViT/{config.patch_size}"
+
+
 def architecture_name(config: RadDinoConfig) -> str:
     """The backbone's name: "ViT-B/14" for a DINOv2 standard size, else "ViT/14, 4 layers, hidden 128, heads 2"."""
     if standard_size(config):
-        return f"ViT-{standard_size(config)}/14"
+        return family(config)
     return (
-        f"ViT/{config.patch_size}, {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
+        f"{family(config)}, {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
         f"heads {config.num_attention_heads}"
     )
 
@@ -149,8 +155,7 @@ def architecture_details(config: RadDinoConfig, from_scratch: bool) -> str:
         f"LayerScale (initialised at {config.layerscale_value:g})" if from_scratch else "LayerScale",
         f"{registers} registers" if registers else "no registers",
     ]
-    family = f"ViT-{standard_size(config)}/14" if standard_size(config) else f"ViT/{config.patch_size}"
-    return f"{family}: " + ", ".join(parts)
+    return f"{family(config)}: " + ", ".join(parts)
 
 
 def plural(count: int, noun: str) -> str:

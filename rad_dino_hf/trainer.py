@@ -586,7 +586,8 @@ class Pretrainer:
         """Checkpoint on every rank, leave the process group together, raise `Stopped` (exit 143, or 130 when the
         only signal was SIGINT)."""
         checkpoint = self.save()
-        signal_name = self.stop_request.signal_name or ("SIGTERM" if flags["preempted"] else "SIGINT")
+        decided = "SIGTERM" if flags["preempted"] else "SIGINT"  # what the ranks decided together
+        signal_name = self.stop_request.signal_name or decided
         logger.warning(
             "%s received%s: stopped after iteration %d with checkpoint %s. Run the same command again to resume.",
             signal_name,
@@ -595,7 +596,7 @@ class Pretrainer:
             checkpoint,
         )
         self._stop_together()
-        raise Stopped("SIGTERM" if flags["preempted"] else "SIGINT", self.state.step, str(checkpoint))
+        raise Stopped(decided, self.state.step, str(checkpoint))
 
     def _stop_together(self) -> None:
         """Leave the process group with every rank (all of them are here, by a joint decision)."""
@@ -657,9 +658,7 @@ class Pretrainer:
             if teacher_state is not None:  # gather the FSDP shards into a plain copy for export
                 teacher = SelfDistillationNetwork(accelerator.unwrap_model(self.teacher).config)
                 teacher.load_state_dict(teacher_state)
-            export_teacher(
-                teacher, export_dir, self.recipe, summary, self.source_guard.sources, self.options.push_to_hub
-            )
+            export_teacher(teacher, export_dir, self.recipe, summary, self.sources, self.options.push_to_hub)
             if metrics_path.exists():
                 plot_training_curves(metrics_path, self.output_dir / CURVES_FILENAME)
             summary["export_dir"] = str(export_dir)
