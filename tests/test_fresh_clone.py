@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, copy_checkout
 
 pytestmark = pytest.mark.fresh_clone
 
@@ -41,22 +41,6 @@ for argv in json.loads(sys.argv[1]):
     seconds[argv[0]] = round(time.perf_counter() - start, 1)
 print(json.dumps({"package": rad_dino_hf.__file__, "seconds": seconds}))
 """
-
-
-def copy_checkout(destination: Path) -> Path:
-    """The files git tracks or would track in the checkout, copied to `destination` (a deleted file is left out)."""
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        check=True,
-    ).stdout.decode()
-    for name in filter(None, listed.split("\0")):
-        source = REPO_ROOT / name
-        if source.is_file():
-            (destination / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, destination / name)
-    return destination
 
 
 def run_in(copy: Path, *arguments: str) -> subprocess.CompletedProcess:

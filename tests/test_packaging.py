@@ -8,7 +8,6 @@ project (a finder that a `.pth` file there installs) stays out; the child proces
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import sysconfig
@@ -20,33 +19,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, copy_checkout
 
 HUB_MODULES = ["configuration_rad_dino.py", "modeling_rad_dino.py", "image_processing_rad_dino.py"]
 PACKAGE = "rad_dino_hf"
-# Top-level entries of the checkout that the build does not read (the wheel takes only what pyproject.toml names).
-NOT_BUILT = {"outputs", "runs", "build", "data", "docs", "tests", "benchmarks"}
-
-
-def _source_copy(destination: Path) -> Path:
-    """The checkout without its data, environment and build leftovers: building in place would write build/ and
-    *.egg-info/ into the checkout."""
-
-    def ignore(directory: str, names: list[str]) -> set[str]:
-        skipped = {name for name in names if name == "__pycache__" or name.endswith(".egg-info")}
-        if Path(directory) == REPO_ROOT:
-            skipped |= {name for name in names if name.startswith(".") or name in NOT_BUILT}
-        return skipped
-
-    shutil.copytree(REPO_ROOT, destination, ignore=ignore)
-    return destination
 
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     """The project's wheel, built without build isolation (setuptools comes with the test extra)."""
     work = tmp_path_factory.mktemp("wheel")
-    source = _source_copy(work / "source")
+    source = copy_checkout(work / "source")  # building in place would write build/ and *.egg-info/ there
     command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(work)]
     result = subprocess.run([*command, str(source)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
